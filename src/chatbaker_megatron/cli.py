@@ -1,0 +1,42 @@
+"""The `chatbaker` command: one verb per pipeline stage.
+
+Each verb lives in the module that owns the work; that module exposes
+`add_arguments(parser)` and `run(args) -> int`. Verbs that take Hydra
+overrides (train, plan) receive the remaining command line untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> (module, one-line help). Modules are imported only when their verb
+# runs, so `chatbaker --help` stays fast and a verb's heavy imports (torch,
+# megatron, transformers) are paid only by that verb.
+VERBS: dict[str, tuple[str, str]] = {
+    "tokenizer": ("chatbaker_megatron.data.tokenizer_cli", "train or inspect the byte-level BPE tokenizer"),
+    "preprocess": ("chatbaker_megatron.data.preprocess", "jsonl -> megatron .bin/.idx indexed dataset"),
+    "smoke": ("chatbaker_megatron.smoke", "2-rank CPU forward/backward smoke of the tiny model"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="chatbaker", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, (_module, help_text) in VERBS.items():
+        sub.add_parser(verb, help=help_text, add_help=False)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in VERBS:
+        parser.print_help()
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    verb, rest = argv[0], argv[1:]
+    module = importlib.import_module(VERBS[verb][0])
+    verb_parser = argparse.ArgumentParser(prog=f"chatbaker {verb}", description=VERBS[verb][1])
+    module.add_arguments(verb_parser)
+    args = verb_parser.parse_args(rest)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Structured config schemas (one dataclass per Hydra group) and their validation."""

@@ -1,0 +1,149 @@
+"""Data config: the `data` Hydra group (conf/data/*.yaml).
+
+One group describes both kinds of training data: a weighted blend of
+preprocessed indexed datasets for pretraining (`kind: pretrain`) and a
+preprocessed conversation set for supervised fine-tuning (`kind: sft`).
+Sequence length and seed are training settings and live in the `train` group.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+DATA_KINDS = ("pretrain", "sft")
+CACHE_MODES = ("node_local", "shared")
+
+
+@dataclass
+class DatasetConfig:
+    """One indexed dataset (a megatron .bin/.idx pair) in the pretraining blend."""
+
+    # Label used in logs and error messages, e.g. `ko_web`.
+    name: str = ""
+    # The dataset prefix, without .bin/.idx, as written by `chatbaker preprocess
+    # --output-prefix`. Relative paths are taken from `data.root`.
+    path: str = ""
+    # Relative sampling weight; weights are normalised over the blend. Using
+    # token counts (e.g. 100 for 100B Korean, 1000 for 1T English tokens)
+    # samples every dataset in proportion to its size.
+    weight: float = 1.0
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning data: one preprocessed conversation set."""
+
+    # Prefix written by `chatbaker preprocess --format sft`; relative to `data.root`.
+    path: str = ""
+    # Chat template the set was preprocessed with (a name from
+    # chatbaker_megatron.data.templates, or a path to a template YAML file).
+    # Must match the preprocessed set; generation reuses it for prompts.
+    template: str = "chatbaker"
+    # Pack several conversations into each sequence (cu_seqlens keeps
+    # attention inside each conversation); false pads every conversation to
+    # the sequence length, as FastChat does.
+    packing: bool = True
+    # Fraction of conversations held out for validation, chosen by the seed.
+    valid_fraction: float = 0.02
+    # Passes over the training conversations; each pass is reshuffled.
+    epochs: int = 3
+
+
+@dataclass
+class DataConfig:
+    """Training data: tokenizer, pretraining blend or SFT set, index cache."""
+
+    # `pretrain` (blend of indexed datasets) or `sft` (conversation set).
+    kind: str = "pretrain"
+    # Directory that relative paths below are taken from.
+    root: str = "."
+    # Tokenizer directory (tokenizer.json + tokenizer_config.json); relative to `root`.
+    tokenizer: str = "tokenizer"
+    # Build the bundled sample corpus (tokenizer + indexed datasets) into
+    # `root` first; idempotent and safe when every rank does it at once.
+    prepare_demo: bool = False
+    # Pretraining blend.
+    datasets: list[DatasetConfig] = field(default_factory=list)
+    # Train/valid/test proportions of every dataset's documents.
+    split: list[float] = field(default_factory=lambda: [98.0, 1.0, 1.0])
+    # Where megatron's sample index cache goes; null means `<root>/index_cache`.
+    cache_dir: str | None = None
+    # `node_local`: every node builds the cache itself under
+    # `<cache_dir>/<hostname>` (no shared filesystem needed); `shared`: rank 0
+    # builds it once and the other ranks read it, so `cache_dir` must be on a
+    # filesystem that every node sees.
+    cache_mode: str = "node_local"
+    sft: SFTConfig = field(default_factory=SFTConfig)
+
+
+def resolve_path(root: str, path: str) -> str:
+    """`path` if absolute, else `path` under `root` (with ~ expanded in both)."""
+    path = os.path.expanduser(path)
+    return path if os.path.isabs(path) else os.path.join(os.path.expanduser(root), path)
+
+
+def cache_dir(cfg: Any) -> str:
+    """The configured index cache directory, defaulting to `<root>/index_cache`."""
+    return resolve_path(cfg.root, cfg.cache_dir or "index_cache")
+
+
+def _fail(key: str, value: object, expected: str) -> None:
+    raise ValueError(f"data.{key}={value!r}: expected {expected}")
+
+
+def validate_data_config(cfg: Any) -> None:
+    """Check a DataConfig (dataclass or OmegaConf node); raise ValueError naming the key.
+
+    File existence is checked when the datasets are built, since
+    `prepare_demo` may create them first.
+    """
+    if cfg.kind not in DATA_KINDS:
+        _fail("kind", cfg.kind, f"one of {', '.join(DATA_KINDS)}")
+    if not cfg.tokenizer:
+        _fail("tokenizer", cfg.tokenizer, "a tokenizer directory")
+    if cfg.cache_mode not in CACHE_MODES:
+        _fail("cache_mode", cfg.cache_mode, f"one of {', '.join(CACHE_MODES)}")
+    if cfg.kind == "pretrain":
+        _validate_pretrain(cfg)
+    else:
+        _validate_sft(cfg.sft)
+
+
+def _validate_pretrain(cfg: Any) -> None:
+    if len(cfg.datasets) == 0:
+        _fail("datasets", list(cfg.datasets), "at least one dataset for kind=pretrain")
+    names = set()
+    for i, dataset in enumerate(cfg.datasets):
+        if not dataset.path:
+            _fail(f"datasets[{i}].path", dataset.path, "an indexed dataset prefix")
+        if not (math.isfinite(dataset.weight) and dataset.weight > 0):
+            _fail(f"datasets[{i}].weight", dataset.weight, "> 0")
+        if dataset.name and dataset.name in names:
+            _fail(f"datasets[{i}].name", dataset.name, "a name not used by another dataset")
+        names.add(dataset.name)
+    split = list(cfg.split)
+    if len(split) != 3:
+        _fail("split", split, "3 numbers (train, valid, test)")
+    for i, part in enumerate(split):
+        if not (math.isfinite(part) and part >= 0):
+            _fail(f"split[{i}]", part, ">= 0")
+    if split[0] <= 0:
+        _fail("split[0]", split[0], "> 0 (the train split cannot be empty)")
+
+
+def _validate_sft(sft: Any) -> None:
+    from chatbaker_megatron.data.templates import load_template
+
+    if not sft.path:
+        _fail("sft.path", sft.path, "a preprocessed SFT prefix for kind=sft")
+    try:
+        load_template(sft.template)
+    except ValueError as err:
+        _fail("sft.template", sft.template, str(err))
+    if not 0 <= sft.valid_fraction < 1:
+        _fail("sft.valid_fraction", sft.valid_fraction, "0 <= fraction < 1")
+    if sft.epochs < 1:
+        _fail("sft.epochs", sft.epochs, ">= 1")

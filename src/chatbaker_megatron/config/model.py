@@ -1,0 +1,50 @@
+"""Model architecture config: the `model` Hydra group (conf/model/*.yaml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+KERNEL_BACKENDS = ("auto", "te", "flash", "apex", "cuda", "triton", "torch")
+
+
+@dataclass
+class KernelsConfig:
+    """Which implementation runs each fused op (see model/dispatch.py).
+
+    `auto` picks the fastest available backend in the order
+    te -> flash -> apex -> cuda -> triton -> torch; naming a backend that is
+    not installed is an error at startup, never a silent fallback.
+    """
+
+    attention: str = "auto"
+    norm: str = "auto"
+
+
+@dataclass
+class ModelConfig:
+    """A LLaMA-architecture decoder: RMSNorm pre-norm, RoPE, SwiGLU, no biases, untied embeddings."""
+
+    name: str = "tiny"
+    num_layers: int = 4
+    hidden_size: int = 128
+    num_attention_heads: int = 4
+    # Number of key/value heads (GQA); null means one KV head per query head (MHA).
+    num_query_groups: int | None = None
+    ffn_hidden_size: int = 352
+    # Vocabulary of the tokenizer; null takes it from the tokenizer at build time.
+    # The embedding is padded to a multiple of make_vocab_size_divisible_by * TP.
+    vocab_size: int | None = None
+    make_vocab_size_divisible_by: int = 128
+    max_position_embeddings: int = 2048
+    norm_epsilon: float = 1e-6
+    rotary_base: float = 10000.0
+    init_method_std: float = 0.02
+    kernels: KernelsConfig = field(default_factory=KernelsConfig)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_query_groups or self.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads

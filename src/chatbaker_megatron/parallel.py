@@ -1,0 +1,102 @@
+"""Process groups: torch.distributed + megatron-core parallel_state from a ParallelConfig."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state, tensor_parallel
+
+from chatbaker_megatron import platform
+from chatbaker_megatron.config.parallel import ParallelConfig
+
+
+class TopologyError(ValueError):
+    """The requested parallel layout cannot be built from this world."""
+
+
+def data_parallel_size(cfg: ParallelConfig, world_size: int) -> int:
+    """world / (tp * pp * cp), or a TopologyError naming the keys that do not fit."""
+    if cfg.cp != 1:
+        raise TopologyError(f"parallel.cp={cfg.cp}: only context parallel size 1 is supported")
+    for key in ("tp", "pp", "cp", "micro_batch_size"):
+        if getattr(cfg, key) < 1:
+            raise TopologyError(f"parallel.{key}={getattr(cfg, key)}: expected >= 1")
+    model_parallel = cfg.tp * cfg.pp * cfg.cp
+    if world_size % model_parallel:
+        raise TopologyError(
+            f"world size {world_size} is not divisible by parallel.tp * parallel.pp * parallel.cp "
+            f"= {cfg.tp} * {cfg.pp} * {cfg.cp} = {model_parallel}"
+        )
+    dp = world_size // model_parallel
+    if cfg.dp is not None and cfg.dp != dp:
+        raise TopologyError(
+            f"parallel.dp={cfg.dp} but world size {world_size} / (tp*pp*cp={model_parallel}) gives {dp}"
+        )
+    if cfg.sp and cfg.tp == 1:
+        raise TopologyError("parallel.sp=true needs parallel.tp > 1 (sequence parallel splits over TP)")
+    if cfg.vpp is not None and (cfg.vpp < 1 or cfg.pp == 1):
+        raise TopologyError(
+            f"parallel.vpp={cfg.vpp}: virtual pipeline stages need parallel.pp > 1 and vpp >= 1 "
+            "(use null for none)"
+        )
+    return dp
+
+
+@dataclass(frozen=True)
+class ParallelContext:
+    """This process's place in the topology."""
+
+    platform: platform.Platform
+    world_size: int
+    rank: int
+    dp: int
+    tp_rank: int
+    pp_rank: int
+    dp_rank: int
+
+
+def initialize(cfg: ParallelConfig, *, seed: int, timeout_minutes: int = 30) -> ParallelContext:
+    """Start torch.distributed (env:// as torchrun sets it) and megatron's process groups.
+
+    A single process without torchrun's environment runs as a world of one.
+    """
+    plat = platform.detect()
+    platform.apply_megatron_cpu_compat()
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        if plat.is_cuda:
+            torch.cuda.set_device(plat.device)
+        dist.init_process_group(
+            backend=plat.backend, timeout=datetime.timedelta(minutes=timeout_minutes)
+        )
+    world_size = dist.get_world_size()
+    dp = data_parallel_size(cfg, world_size)
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=cfg.tp,
+        pipeline_model_parallel_size=cfg.pp,
+        virtual_pipeline_model_parallel_size=cfg.vpp,
+        context_parallel_size=cfg.cp,
+        distributed_timeout_minutes=timeout_minutes,
+    )
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    return ParallelContext(
+        platform=plat,
+        world_size=world_size,
+        rank=dist.get_rank(),
+        dp=dp,
+        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+        pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
+        dp_rank=parallel_state.get_data_parallel_rank(),
+    )
+
+
+def destroy_model_parallel() -> None:
+    """Tear down megatron's groups but keep torch.distributed (so the next test can re-init)."""
+    parallel_state.destroy_model_parallel()

@@ -1,0 +1,156 @@
+"""Model chunks wrapped for training, with megatron-core's optimizer and LR schedule.
+
+`build_engine` turns configs into: this rank's model chunks (Float16Module
+for bf16/fp16, then megatron DDP), a megatron optimizer (Adam with fp32
+main params, grad clipping, the distributed optimizer when asked) and an
+OptimizerParamScheduler. Everything parallel here is megatron-core's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from megatron.core.distributed import (
+    DistributedDataParallel,
+    DistributedDataParallelConfig,
+    finalize_model_grads,
+)
+from megatron.core.optimizer import MegatronOptimizer, OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.transformer.module import Float16Module
+
+from chatbaker_megatron.config.model import ModelConfig
+from chatbaker_megatron.config.optim import OptimConfig
+from chatbaker_megatron.config.parallel import ParallelConfig
+from chatbaker_megatron.model import dispatch
+from chatbaker_megatron.model.llama import build_model
+
+
+@dataclass
+class Engine:
+    chunks: list[torch.nn.Module]
+    optimizer: MegatronOptimizer
+    scheduler: OptimizerParamScheduler
+    params_dtype: torch.dtype
+
+    @property
+    def config(self):  # noqa: ANN201 - megatron's TransformerConfig
+        return self.chunks[0].config
+
+
+def _wire_schedule_hooks(
+    config,  # noqa: ANN001 - megatron's TransformerConfig
+    chunks: list[DistributedDataParallel],
+    optimizer: MegatronOptimizer,
+    overlap_grad_reduce: bool,
+) -> None:
+    """Tell megatron's schedules how to sync, finalize and scale grads for these chunks."""
+    config.finalize_model_grads_func = finalize_model_grads
+    config.grad_scale_func = optimizer.scale_loss
+    no_sync = [chunk.no_sync for chunk in chunks]
+    config.no_sync_func = no_sync if len(no_sync) > 1 else no_sync[0]
+    if overlap_grad_reduce:
+        grad_sync = [chunk.start_grad_sync for chunk in chunks]
+        config.grad_sync_func = grad_sync if len(grad_sync) > 1 else grad_sync[0]
+
+
+def warmup_iters(optim: OptimConfig, train_iters: int) -> int:
+    if optim.warmup_ratio is not None:
+        return int(round(optim.warmup_ratio * train_iters))
+    return optim.warmup_iters or 0
+
+
+def build_engine(
+    model: ModelConfig,
+    parallel: ParallelConfig,
+    optim: OptimConfig,
+    *,
+    vocab_size: int,
+    max_sequence_length: int,
+    train_iters: int,
+    global_batch_size: int,
+    params_dtype: torch.dtype = torch.float32,
+    overlap_grad_reduce: bool = False,
+    full_state: dict[str, torch.Tensor] | None = None,
+) -> Engine:
+    """Build everything a training step needs on this rank.
+
+    `full_state` (unsharded weights, see model/sharding.py) replaces the random
+    initialisation before the optimizer copies the main params.
+    """
+    kernels = dispatch.resolve_kernels(model.kernels)
+    chunks = build_model(
+        model,
+        parallel,
+        vocab_size=vocab_size,
+        max_sequence_length=max_sequence_length,
+        params_dtype=torch.float32,
+        kernels=kernels,
+    )
+    if full_state is not None:
+        from chatbaker_megatron.model.sharding import load_full_state
+
+        load_full_state(chunks, full_state)
+    config = chunks[0].config
+    # Per-token loss: every token of the global batch weighs the same, whatever
+    # the micro-batch / DP split or the SFT loss mask (see training/step.py).
+    config.calculate_per_token_loss = True
+    if params_dtype != torch.float32:
+        config.params_dtype = params_dtype
+        config.bf16 = params_dtype == torch.bfloat16
+        config.fp16 = params_dtype == torch.float16
+        chunks = [Float16Module(config, chunk) for chunk in chunks]
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=overlap_grad_reduce,
+        use_distributed_optimizer=parallel.distributed_optimizer,
+        check_for_nan_in_grad=False,
+    )
+    chunks = [
+        DistributedDataParallel(
+            config=config,
+            ddp_config=ddp_config,
+            module=chunk,
+            # Only the first chunk's grad reduce starts before the last backward;
+            # the others overlap with later chunks' backward (megatron's rule).
+            disable_bucketing=index > 0,
+        )
+        for index, chunk in enumerate(chunks)
+    ]
+    for chunk in chunks:
+        chunk.broadcast_params()
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(
+            optimizer="adam",
+            lr=optim.lr,
+            min_lr=optim.min_lr,
+            weight_decay=optim.weight_decay,
+            adam_beta1=optim.adam_beta1,
+            adam_beta2=optim.adam_beta2,
+            adam_eps=optim.adam_eps,
+            clip_grad=optim.clip_grad,
+            bf16=params_dtype == torch.bfloat16,
+            fp16=params_dtype == torch.float16,
+            params_dtype=params_dtype,
+            use_distributed_optimizer=parallel.distributed_optimizer,
+        ),
+        chunks,
+    )
+    _wire_schedule_hooks(config, chunks, optimizer, overlap_grad_reduce)
+    decay_iters = optim.decay_iters or train_iters
+    scheduler = OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0 if warmup_iters(optim, train_iters) else optim.lr,
+        max_lr=optim.lr,
+        min_lr=optim.min_lr,
+        # The scheduler counts samples, as megatron's trainer does.
+        lr_warmup_steps=warmup_iters(optim, train_iters) * global_batch_size,
+        lr_decay_steps=decay_iters * global_batch_size,
+        lr_decay_style=optim.decay_style,
+        start_wd=optim.weight_decay,
+        end_wd=optim.weight_decay,
+        wd_incr_steps=decay_iters * global_batch_size,
+        wd_incr_style="constant",
+    )
+    return Engine(chunks=chunks, optimizer=optimizer, scheduler=scheduler, params_dtype=params_dtype)

@@ -1,0 +1,146 @@
+"""One training (or evaluation) step through megatron-core's pipeline schedules.
+
+A global batch arrives as a list of micro-batches (dicts of tensors, see
+`training/batches.py`). megatron's forward-backward function runs them
+through this rank's model chunks with whatever schedule the topology needs
+(no pipelining, 1F1B, or interleaved 1F1B with virtual stages).
+
+Loss: the sum of masked token losses over the whole global batch divided by
+the number of unmasked tokens in it (megatron's calculate_per_token_loss),
+so the result does not depend on how the batch is split over micro-batches
+and data-parallel ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.packed_seq_params import PackedSeqParams
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from chatbaker_megatron.training.engine import Engine
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float  # per-token loss over the global batch (same on every rank)
+    tokens: int  # unmasked tokens in the global batch
+    grad_norm: float | None  # None for evaluation steps
+    update_successful: bool
+
+
+def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):  # noqa: ANN202
+    losses = output_tensor.float().reshape(-1)
+    mask = loss_mask.float().reshape(-1)
+    loss_sum = torch.sum(losses * mask)
+    tokens = mask.sum().to(torch.int)
+    report = torch.stack([loss_sum.detach(), mask.sum()])
+    return loss_sum, tokens, {"lm loss": report}
+
+
+def _packed(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], PackedSeqParams]:
+    """[b, S] packed samples -> one [1, b*S] row in megatron's thd layout.
+
+    Each sample's `cu_seqlens` [S+1] holds its boundaries padded by repeating S;
+    shifted by the sample's offset and de-duplicated they give the row's.
+    """
+    b, s = batch["tokens"].shape
+    offsets = torch.arange(b, dtype=torch.int32, device=batch["cu_seqlens"].device) * s
+    cu_seqlens = torch.unique_consecutive((batch["cu_seqlens"] + offsets[:, None]).reshape(-1))
+    max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    flat = {key: value.reshape(1, -1) for key, value in batch.items() if key != "cu_seqlens"}
+    return flat, PackedSeqParams(
+        qkv_format="thd",
+        cu_seqlens_q=cu_seqlens,
+        cu_seqlens_kv=cu_seqlens,
+        max_seqlen_q=max_seqlen,
+        max_seqlen_kv=max_seqlen,
+    )
+
+
+def _forward_step(data_iterator, model):  # noqa: ANN001, ANN202 - megatron's callback contract
+    batch = next(data_iterator)
+    packed = None
+    if "cu_seqlens" in batch:
+        batch, packed = _packed(batch)
+    output = model(
+        batch["tokens"],
+        batch["position_ids"],
+        None,
+        labels=batch["labels"],
+        packed_seq_params=packed,
+    )
+    return output, partial(_loss_func, batch["loss_mask"])
+
+
+def _sequence_shape(micro_batches: list[dict[str, torch.Tensor]]) -> tuple[int, int]:
+    """(seq_length, micro_batch_size) of the activations passed between pipeline stages."""
+    b, s = micro_batches[0]["tokens"].shape
+    return (b * s, 1) if "cu_seqlens" in micro_batches[0] else (s, b)
+
+
+def _global_loss(losses_reduced: list[dict], engine: Engine) -> tuple[float, int]:
+    """Sum the last stage's (loss_sum, tokens) over micro-batches and DP; share with all ranks."""
+    totals = torch.zeros(2, dtype=torch.float64)
+    if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        for report in losses_reduced:
+            totals += report["lm loss"].to(torch.float64).cpu()
+    device = next(engine.chunks[0].parameters()).device
+    totals = totals.to(device)
+    dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+    # The last stage holds the numbers; every pipeline rank gets them.
+    dist.all_reduce(totals, group=parallel_state.get_pipeline_model_parallel_group())
+    loss_sum, tokens = totals.tolist()
+    return (loss_sum / tokens if tokens else math.nan), int(tokens)
+
+
+def _run_schedule(
+    engine: Engine, micro_batches: list[dict[str, torch.Tensor]], forward_only: bool
+) -> list[dict]:
+    seq_length, micro_batch_size = _sequence_shape(micro_batches)
+    # Every chunk (virtual stage) pulls the same micro-batches in order.
+    iterators = [iter(micro_batches) for _ in engine.chunks]
+    return get_forward_backward_func()(
+        forward_step_func=_forward_step,
+        data_iterator=iterators if len(iterators) > 1 else iterators[0],
+        model=engine.chunks if len(engine.chunks) > 1 else engine.chunks[0],
+        num_microbatches=len(micro_batches),
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=forward_only,
+    )
+
+
+def train_step(engine: Engine, micro_batches: list[dict[str, torch.Tensor]]) -> StepResult:
+    """Forward and backward over the global batch, then one optimizer and LR-schedule step."""
+    for chunk in engine.chunks:
+        chunk.train()
+        chunk.zero_grad_buffer()
+    engine.optimizer.zero_grad()
+    losses_reduced = _run_schedule(engine, micro_batches, forward_only=False)
+    update_successful, grad_norm, _num_zeros = engine.optimizer.step()
+    loss, tokens = _global_loss(losses_reduced, engine)
+    if update_successful:
+        global_batch_size = len(micro_batches) * micro_batches[0]["tokens"].shape[0]
+        dp = parallel_state.get_data_parallel_world_size()
+        engine.scheduler.step(increment=global_batch_size * dp)
+    return StepResult(
+        loss=loss,
+        tokens=tokens,
+        grad_norm=None if grad_norm is None else float(grad_norm),
+        update_successful=bool(update_successful),
+    )
+
+
+@torch.no_grad()
+def eval_step(engine: Engine, micro_batches: list[dict[str, torch.Tensor]]) -> StepResult:
+    """Forward only: the per-token loss of these micro-batches."""
+    for chunk in engine.chunks:
+        chunk.eval()
+    loss, tokens = _global_loss(_run_schedule(engine, micro_batches, forward_only=True), engine)
+    return StepResult(loss=loss, tokens=tokens, grad_norm=None, update_successful=True)

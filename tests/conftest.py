@@ -1,0 +1,20 @@
+"""Suite-wide setup: Triton's interpreter on CPU, and the shared multi-rank worker pools."""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # Must be set before triton is first imported (it is read at import).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from tests.parallel.harness import Pools  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ranks():
+    """`ranks.run(world_size, fn, *args)` runs fn on that many ranks; returns per-rank results."""
+    pools = Pools()
+    yield pools
+    pools.close()
