@@ -29,6 +29,11 @@ def acc_dtype(dtype: torch.dtype) -> tl.dtype:
     return _ACC_DTYPE[dtype]
 
 
+def acc_torch_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The torch dtype of `acc_dtype(dtype)`, for buffers the kernels accumulate into."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def parallel_programs(device: torch.device, per_sm: int) -> int:
     """How many persistent programs fill the device: `per_sm` per streaming multiprocessor.
 

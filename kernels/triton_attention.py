@@ -40,50 +40,72 @@ import torch
 import triton
 import triton.language as tl
 
-from chatbaker_kernels._common import acc_dtype, triton_interpreting
+from chatbaker_kernels._common import acc_dtype, acc_torch_dtype, triton_interpreting
 
 LOG2_E = 1.4426950408889634
 MAX_HEAD_DIM = 256
 
 
 @dataclass(frozen=True)
-class AttentionConfig:
-    """Tile sizes (tokens) and launch shape of the three kernels.
+class Tiles:
+    """Launch shape of one kernel.
 
-    Each kernel splits its causal loop at a block boundary, so its outer tile
-    must be a multiple of its inner tile: fwd_q % fwd_kv, dkdv_kv % dkdv_q,
-    dq_q % dq_kv.
+    `outer` is the token block a program owns (queries in the forward and dq
+    kernels, keys in the dk/dv kernel), `inner` the token block it steps
+    through in its loop. The causal loop is split at an outer-block boundary,
+    so outer must be a multiple of inner.
     """
 
-    fwd_q: int
-    fwd_kv: int
-    dkdv_kv: int
-    dkdv_q: int
-    dq_q: int
-    dq_kv: int
+    outer: int
+    inner: int
     num_warps: int
     num_stages: int
 
     def __post_init__(self) -> None:
-        tiles = (self.fwd_q, self.fwd_kv, self.dkdv_kv, self.dkdv_q, self.dq_q, self.dq_kv)
-        if any(t < 16 or t & (t - 1) for t in tiles):
-            raise ValueError(f"tile sizes must be powers of two >= 16, got {tiles}")
-        for outer, inner in ((self.fwd_q, self.fwd_kv), (self.dkdv_kv, self.dkdv_q), (self.dq_q, self.dq_kv)):
-            if outer % inner:
-                raise ValueError(f"outer tile {outer} is not a multiple of inner tile {inner}")
+        for tile in (self.outer, self.inner):
+            if tile < 16 or tile & (tile - 1):
+                raise ValueError(f"tile sizes must be powers of two >= 16, got {tile}")
+        if self.outer % self.inner:
+            raise ValueError(f"outer tile {self.outer} is not a multiple of inner tile {self.inner}")
 
 
-def default_config(head_dim: int, device: torch.device) -> AttentionConfig:
-    """Tiles for the GPU (sized so K/V stages fit in A100 shared memory), or small ones for the interpreter.
+@dataclass(frozen=True)
+class AttentionConfig:
+    fwd: Tiles  # outer = query block, inner = key block
+    dkdv: Tiles  # outer = key block, inner = query block
+    dq: Tiles  # outer = query block, inner = key block
 
-    The interpreter's tiles are small so that short test sequences still span
-    several blocks and exercise the diagonal, tail and multi-block paths.
+
+def default_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> AttentionConfig:
+    """Tiles for the GPU, or small ones for the interpreter.
+
+    GPU tiles for the 16-bit dtypes: the largest that compile without register
+    spills for sm_80 and sm_90 and fit A100 shared memory (checked offline by
+    `python -m chatbaker_kernels.compile_check`); the benchmark is where to tune
+    them further. fp32/fp64 values take twice the registers, so their tiles are
+    smaller (fp32 attention is for checking, not for speed). The interpreter's tiles are small so that short test sequences still
+    span several blocks and exercise the diagonal, tail and multi-block paths.
     """
     if device.type != "cuda":
-        return AttentionConfig(32, 16, 32, 16, 32, 16, num_warps=4, num_stages=1)
+        small = Tiles(32, 16, num_warps=4, num_stages=1)
+        return AttentionConfig(fwd=small, dkdv=small, dq=small)
+    if dtype.itemsize > 2:
+        return AttentionConfig(
+            fwd=Tiles(32, 16, num_warps=4, num_stages=2),
+            dkdv=Tiles(64, 16, num_warps=8, num_stages=2),
+            dq=Tiles(32, 16, num_warps=4, num_stages=2),
+        )
     if head_dim <= 64:
-        return AttentionConfig(128, 64, 128, 32, 128, 32, num_warps=4, num_stages=3)
-    return AttentionConfig(128, 64, 64, 32, 64, 32, num_warps=8, num_stages=2)
+        return AttentionConfig(
+            fwd=Tiles(128, 64, num_warps=8, num_stages=3),
+            dkdv=Tiles(128, 32, num_warps=8, num_stages=3),
+            dq=Tiles(128, 64, num_warps=8, num_stages=3),
+        )
+    return AttentionConfig(
+        fwd=Tiles(128, 32, num_warps=8, num_stages=3),
+        dkdv=Tiles(64, 32, num_warps=8, num_stages=2),
+        dq=Tiles(128, 32, num_warps=8, num_stages=3),
+    )
 
 
 @triton.jit
@@ -414,21 +436,22 @@ class FlashAttentionFunction(torch.autograd.Function):
                 max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max().item()) if t else 0
             problem = _Problem(t, cu_seqlens.numel() - 1, max_seqlen, 0, h_q, k.shape[1], d, True)
         q, k, v = (x.reshape(-1, x.shape[-2], d).contiguous() for x in (q, k, v))
-        config = config or default_config(d, q.device)
+        config = config or default_config(d, q.dtype, q.device)
         acc = acc_dtype(q.dtype)
         widen = triton_interpreting() and q.dtype == torch.bfloat16
 
-        o = torch.empty_like(q)
-        lse = torch.empty(h_q, problem.total_tokens, dtype=torch.float64 if acc == tl.float64 else torch.float32, device=q.device)
+        o = _new_output(q, problem)
+        lse = torch.empty(h_q, problem.total_tokens, dtype=acc_torch_dtype(q.dtype), device=q.device)
         if problem.max_seqlen > 0:
-            grid = (triton.cdiv(problem.max_seqlen, config.fwd_q), problem.num_seqs, h_q)
+            tiles = config.fwd
+            grid = (triton.cdiv(problem.max_seqlen, tiles.outer), problem.num_seqs, h_q)
             _attn_fwd_kernel[grid](
                 q, k, v, o, lse, cu_seqlens,
                 softmax_scale * LOG2_E, problem.seqlen, problem.total_tokens,
                 **problem.kernel_args(),
-                BLOCK_M=config.fwd_q, BLOCK_N=config.fwd_kv,
+                BLOCK_M=tiles.outer, BLOCK_N=tiles.inner,
                 ACC=acc, WIDEN=widen,
-                num_warps=config.num_warps, num_stages=config.num_stages,
+                num_warps=tiles.num_warps, num_stages=tiles.num_stages,
             )  # fmt: skip
 
         ctx.save_for_backward(q, k, v, o, lse, cu_seqlens)
@@ -441,46 +464,46 @@ class FlashAttentionFunction(torch.autograd.Function):
         q, k, v, o, lse, cu_seqlens = ctx.saved_tensors
         problem, config = ctx.problem, ctx.config
         do = do.reshape(o.shape).contiguous()
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dq, dk, dv = (_new_output(x, problem) for x in (q, k, v))
         if problem.max_seqlen > 0:
-            delta = torch.empty_like(lse)
             kernel_args = problem.kernel_args()
+            delta = torch.empty_like(lse)
             block_t = 64
             _attn_bwd_delta_kernel[(triton.cdiv(problem.total_tokens, block_t), problem.h_q)](
                 o, do, delta, problem.total_tokens,
                 H_Q=problem.h_q, HEAD_DIM=problem.head_dim,
                 BLOCK_T=block_t, BLOCK_D=kernel_args["BLOCK_D"], ACC=ctx.acc,
             )  # fmt: skip
-            shared = {
+            shared_args = {
                 "softmax_scale": ctx.softmax_scale,
                 "qk_scale": ctx.softmax_scale * LOG2_E,
                 "seqlen": problem.seqlen,
                 "total_tokens": problem.total_tokens,
                 "ACC": ctx.acc,
                 "WIDEN": ctx.widen,
-                "num_warps": config.num_warps,
-                "num_stages": config.num_stages,
                 **kernel_args,
             }
-            _attn_bwd_dkdv_kernel[(triton.cdiv(problem.max_seqlen, config.dkdv_kv), problem.num_seqs, problem.h_kv)](
+            tiles = config.dkdv
+            _attn_bwd_dkdv_kernel[(triton.cdiv(problem.max_seqlen, tiles.outer), problem.num_seqs, problem.h_kv)](
                 q, k, v, do, lse, delta, dk, dv, cu_seqlens,
-                BLOCK_M=config.dkdv_q, BLOCK_N=config.dkdv_kv, **shared,
+                BLOCK_M=tiles.inner, BLOCK_N=tiles.outer,
+                num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+                **shared_args,
             )  # fmt: skip
-            _attn_bwd_dq_kernel[(triton.cdiv(problem.max_seqlen, config.dq_q), problem.num_seqs, problem.h_q)](
+            tiles = config.dq
+            _attn_bwd_dq_kernel[(triton.cdiv(problem.max_seqlen, tiles.outer), problem.num_seqs, problem.h_q)](
                 q, k, v, do, lse, delta, dq, cu_seqlens,
-                BLOCK_M=config.dq_q, BLOCK_N=config.dq_kv, **shared,
+                BLOCK_M=tiles.outer, BLOCK_N=tiles.inner,
+                num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+                **shared_args,
             )  # fmt: skip
-        else:
-            dq.zero_(), dk.zero_(), dv.zero_()
-        return (
-            dq.view(ctx.in_shape),
-            dk.view(ctx.kv_shape),
-            dv.view(ctx.kv_shape),
-            None,
-            None,
-            None,
-            None,
-        )
+        return dq.view(ctx.in_shape), dk.view(ctx.kv_shape), dv.view(ctx.kv_shape), None, None, None, None
+
+
+def _new_output(like: torch.Tensor, problem: _Problem) -> torch.Tensor:
+    """Output buffer for a kernel. Varlen tokens after cu_seqlens[-1] (padding)
+    belong to no sequence and no program writes them: they stay zero."""
+    return torch.zeros_like(like) if problem.varlen else torch.empty_like(like)
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor | None) -> None:

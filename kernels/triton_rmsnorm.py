@@ -25,11 +25,12 @@ import torch
 import triton
 import triton.language as tl
 
-from chatbaker_kernels._common import acc_dtype, parallel_programs
+from chatbaker_kernels._common import acc_dtype, acc_torch_dtype, parallel_programs
 
-# Widest row chunk held in registers. 16384 covers every LLaMA hidden size
-# (8192 at 70B) in a single read.
-MAX_BLOCK = 16384
+# Widest row held in registers and read once: the 1.3B (2048) and 7B (4096)
+# hidden sizes. Wider rows go in chunks of this width with a second read; an
+# 8192-wide block makes the backward spill registers (see compile_check).
+MAX_BLOCK = 4096
 
 
 @triton.jit
@@ -138,14 +139,11 @@ def _rms_norm_bwd_kernel(
 
 
 def _block_and_warps(n_cols: int, max_block: int) -> tuple[int, int]:
+    """Block width (the whole row rounded up to a power of two, or a chunk of a
+    wider row) and warps per program: about 16 columns per thread, enough for
+    wide vector loads and few enough to stay in registers."""
     block = min(triton.next_power_of_2(n_cols), max_block)
-    # About 16 fp32 values per thread: enough work per thread for wide
-    # vectorised loads, without spilling at 16K columns.
     return block, min(max(block // 512, 4), 16)
-
-
-def _torch_acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class RMSNormFunction(torch.autograd.Function):
@@ -169,7 +167,7 @@ class RMSNormFunction(torch.autograd.Function):
 
         y = torch.empty_like(x2)
         h = torch.empty_like(x2) if residual is not None else None
-        rstd = torch.empty(n_rows, dtype=_torch_acc_dtype(x.dtype), device=x.device)
+        rstd = torch.empty(n_rows, dtype=acc_torch_dtype(x.dtype), device=x.device)
         if n_rows > 0:
             _rms_norm_fwd_kernel[(n_rows,)](
                 x2, res2, weight, y, h, rstd,

@@ -1,8 +1,9 @@
 """The `chatbaker` command: one verb per pipeline stage.
 
 Each verb lives in the module that owns the work; that module exposes
-`add_arguments(parser)` and `run(args) -> int`. Verbs that take Hydra
-overrides (train, plan) receive the remaining command line untouched.
+`add_arguments(parser)` and `run(args) -> int`, or, for verbs whose command
+line Hydra parses (train), `main_argv(argv) -> int`, which receives the rest
+of the command line untouched.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import sys
 # runs, so `chatbaker --help` stays fast and a verb's heavy imports (torch,
 # megatron, transformers) are paid only by that verb.
 VERBS: dict[str, tuple[str, str]] = {
+    "train": ("chatbaker_megatron.train", "pretrain or fine-tune (Hydra overrides; runs torchrun)"),
     "tokenizer": ("chatbaker_megatron.data.tokenizer_cli", "train or inspect the byte-level BPE tokenizer"),
     "preprocess": ("chatbaker_megatron.data.preprocess", "jsonl -> megatron .bin/.idx indexed dataset"),
-    "smoke": ("chatbaker_megatron.smoke", "2-rank CPU forward/backward smoke of the tiny model"),
+    "plan": ("chatbaker_megatron.plan.cli", "rank parallel layouts: memory, step time, MFU, days"),
 }
 
 
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     verb, rest = argv[0], argv[1:]
     module = importlib.import_module(VERBS[verb][0])
+    if hasattr(module, "main_argv"):
+        return int(module.main_argv(rest) or 0)
     verb_parser = argparse.ArgumentParser(prog=f"chatbaker {verb}", description=VERBS[verb][1])
     module.add_arguments(verb_parser)
     args = verb_parser.parse_args(rest)

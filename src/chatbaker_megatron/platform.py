@@ -48,6 +48,15 @@ class Platform:
         return self.device.type == "cuda"
 
 
+def memory_gib() -> float:
+    """Memory this process holds: peak CUDA allocation on GPU, resident set size on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**30
+
+
 def megatron_config_overrides() -> dict[str, Any]:
     """TransformerConfig settings the collective backend of this machine needs.
 
@@ -107,6 +116,12 @@ TORCH_PROXY_MODULES = (
     "megatron.core.optimizer.grad_scaler",
     "megatron.core.optimizer_param_scheduler",
     "megatron.core.rerun_state_machine",
+    "megatron.core.dist_checkpointing.tensor_aware_state_dict",
+    "megatron.core.dist_checkpointing.exchange_utils",
+    "megatron.core.dist_checkpointing.strategies.filesystem_async",
+    "megatron.core.dist_checkpointing.strategies.state_dict_saver",
+    "megatron.core.dist_checkpointing.strategies.fully_parallel",
+    "megatron.core.dist_checkpointing.strategies.async_utils",
 )
 
 # Modules whose `param.type() == 'torch.cuda.FloatTensor'`-style checks must
@@ -254,9 +269,10 @@ class _CpuTorch(types.ModuleType):
 
     @staticmethod
     def _device(*args: Any, **kwargs: Any) -> torch.device:
-        if args and isinstance(args[0], str) and args[0].startswith("cuda"):
+        device = torch.device(*args, **kwargs) if not (args and isinstance(args[0], int)) else None
+        if device is None or device.type == "cuda":
             return torch.device("cpu")
-        return torch.device(*args, **kwargs)
+        return device
 
     @staticmethod
     def _factory(fn: Any) -> Any:

@@ -81,7 +81,9 @@ def train(cfg: ParallelConfig, init: dict[str, torch.Tensor] | None) -> dict:
     initial = full_state(engine.chunks) if init is None else None
     losses, norms, first_grads = [], [], None
     for step in range(STEPS):
-        result = train_step(engine, micro_batches(step, ctx.dp, ctx.dp_rank))
+        result = train_step(
+            engine, micro_batches(step, ctx.dp, ctx.dp_rank), global_batch_size=GLOBAL_BATCH
+        )
         losses.append(result.loss)
         norms.append(result.grad_norm)
         if step == 0 and not cfg.distributed_optimizer:

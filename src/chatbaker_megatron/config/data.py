@@ -142,7 +142,7 @@ def _validate_sft(sft: Any) -> None:
     try:
         load_template(sft.template)
     except ValueError as err:
-        _fail("sft.template", sft.template, str(err))
+        raise ValueError(f"data.sft.template={sft.template!r}: {err}") from None
     if not 0 <= sft.valid_fraction < 1:
         _fail("sft.valid_fraction", sft.valid_fraction, "0 <= fraction < 1")
     if sft.epochs < 1:

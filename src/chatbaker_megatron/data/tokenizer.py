@@ -81,9 +81,7 @@ class ChatBakerTokenizer:
     @property
     def unique_identifiers(self) -> OrderedDict:
         """What megatron hashes into the index cache key for this tokenizer."""
-        return OrderedDict(
-            [("class", type(self).__name__), ("tokenizer_sha256", self.sha256)]
-        )
+        return OrderedDict([("class", type(self).__name__), ("tokenizer_sha256", self.sha256)])
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`; nothing is added (no bos/eos), special tokens in it are matched."""
@@ -110,14 +108,16 @@ def load_tokenizer(path: str | Path) -> ChatBakerTokenizer:
     directory = path.parent if path.name == TOKENIZER_FILE else path
     tokenizer_file, config_file = directory / TOKENIZER_FILE, directory / CONFIG_FILE
     if not tokenizer_file.is_file():
-        raise FileNotFoundError(f"{tokenizer_file}: no tokenizer file (train one with "
-                                "`chatbaker tokenizer train`)")
+        raise FileNotFoundError(
+            f"{tokenizer_file}: no tokenizer file (train one with `chatbaker tokenizer train`)"
+        )
     backend = Tokenizer.from_file(str(tokenizer_file))
     config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
     tokens = {}
     for role in ("bos_token", "eos_token", "pad_token"):
         tokens[role] = _token_content(config.get(role))
         if tokens[role] is None:
-            raise ValueError(f"{config_file}: no {role}; a ChatBaker tokenizer needs bos, eos "
-                             "and pad tokens")
+            raise ValueError(
+                f"{config_file}: no {role}; a ChatBaker tokenizer needs bos, eos and pad tokens"
+            )
     return ChatBakerTokenizer(backend, path=str(directory), **tokens)

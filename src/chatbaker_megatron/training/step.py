@@ -116,24 +116,40 @@ def _run_schedule(
     )
 
 
-def train_step(engine: Engine, micro_batches: list[dict[str, torch.Tensor]]) -> StepResult:
-    """Forward and backward over the global batch, then one optimizer and LR-schedule step."""
+def _optimizer_step(engine: Engine, loss: float) -> tuple[bool, float | None]:
+    """megatron's optimizer step, skipped when the loss or the grad norm is not finite.
+
+    The check uses the optimizer's own prepare_grads/get_grad_norm; both are
+    idempotent, so step() repeating them costs one extra norm reduction.
+    """
+    optimizer = engine.optimizer
+    found_inf = optimizer.prepare_grads()
+    grad_norm = None if found_inf else float(optimizer.get_grad_norm())
+    if found_inf or not math.isfinite(loss) or not math.isfinite(grad_norm):
+        return False, grad_norm
+    update_successful, grad_norm, _num_zeros = optimizer.step()
+    return bool(update_successful), None if grad_norm is None else float(grad_norm)
+
+
+def train_step(
+    engine: Engine, micro_batches: list[dict[str, torch.Tensor]], *, global_batch_size: int
+) -> StepResult:
+    """Forward and backward over the global batch, then one optimizer and LR-schedule step.
+
+    A non-finite loss or gradient norm leaves the weights and the schedule
+    untouched (`update_successful` False); the caller applies the NaN policy.
+    """
     for chunk in engine.chunks:
         chunk.train()
         chunk.zero_grad_buffer()
     engine.optimizer.zero_grad()
     losses_reduced = _run_schedule(engine, micro_batches, forward_only=False)
-    update_successful, grad_norm, _num_zeros = engine.optimizer.step()
     loss, tokens = _global_loss(losses_reduced, engine)
+    update_successful, grad_norm = _optimizer_step(engine, loss)
     if update_successful:
-        global_batch_size = len(micro_batches) * micro_batches[0]["tokens"].shape[0]
-        dp = parallel_state.get_data_parallel_world_size()
-        engine.scheduler.step(increment=global_batch_size * dp)
+        engine.scheduler.step(increment=global_batch_size)
     return StepResult(
-        loss=loss,
-        tokens=tokens,
-        grad_norm=None if grad_norm is None else float(grad_norm),
-        update_successful=bool(update_successful),
+        loss=loss, tokens=tokens, grad_norm=grad_norm, update_successful=update_successful
     )
 
 

@@ -1,0 +1,64 @@
+"""`chatbaker plan <hydra overrides> [--top K] [--json]`: rank the layouts of a run before launching it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from chatbaker_megatron.plan.assumptions import Assumptions
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides, e.g. experiment=plm_7b_a100x256"
+    )
+    parser.add_argument(
+        "--top", type=int, default=10, help="layouts to show (0 = all); default 10"
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the ranked layouts with every predicted component as JSON",
+    )
+    default = Assumptions()
+    parser.add_argument(
+        "--compute-efficiency",
+        type=float,
+        default=default.compute_efficiency,
+        help=f"assumed fraction of peak the math runs at (default {default.compute_efficiency})",
+    )
+    parser.add_argument(
+        "--comm-efficiency",
+        type=float,
+        default=default.comm_efficiency,
+        help=f"assumed fraction of link bandwidth collectives reach (default {default.comm_efficiency})",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from chatbaker_megatron.config.compose import compose
+    from chatbaker_megatron.config.schema import ConfigError
+    from chatbaker_megatron.plan import report
+    from chatbaker_megatron.plan.candidates import plan, workload_of
+
+    assume = dataclasses.replace(
+        Assumptions(),
+        compute_efficiency=args.compute_efficiency,
+        comm_efficiency=args.comm_efficiency,
+    )
+    try:
+        cfg = compose(args.overrides)
+        work = workload_of(cfg)
+    except ConfigError as err:
+        print(f"chatbaker plan: {err}", file=sys.stderr)
+        return 2
+    candidates = plan(cfg, assume)
+    if args.json:
+        data = report.plan_dict(cfg, work, assume, candidates, args.overrides, args.top)
+        json.dump(data, sys.stdout, indent=1)
+        print()
+    else:
+        report.render(cfg, work, assume, candidates, args.overrides, args.top)
+    return 0 if any(c.fits for c in candidates) else 1

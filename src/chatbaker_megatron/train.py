@@ -1,0 +1,90 @@
+"""Entry point: `python -m chatbaker_megatron.train [overrides]` (= `chatbaker train`).
+
+Composes the Hydra config (conf/), validates it before any process group
+starts, then either trains (under torchrun: every rank composes the same
+config) or launches torchrun for this node with the same overrides. Hydra
+multirun (`-m a=1,2`) thus runs one torchrun job per point, each in its own
+run directory. `--cfg job` prints the resolved config without running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from chatbaker_megatron.config.schema import ConfigError, register, to_run_config
+from chatbaker_megatron.launch import run_torchrun, under_torchrun
+
+log = logging.getLogger("chatbaker_megatron")
+
+register()
+
+
+def _setup_logging(run_dir: str) -> None:
+    """Rank 0 logs INFO to the console and train.log; the other ranks only warnings."""
+    rank = int(os.environ.get("RANK", "0"))
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if rank == 0:
+        handlers.append(logging.FileHandler(os.path.join(run_dir, "train.log")))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"[%(asctime)s rank{rank}] %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=handlers,
+        force=True,
+    )
+    # megatron-core logs every parameter and config field at INFO; keep its warnings.
+    logging.getLogger("megatron").setLevel(logging.WARNING)
+
+
+@hydra.main(config_path="pkg://chatbaker_megatron.conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run = to_run_config(cfg)
+    except ConfigError as err:
+        sys.exit(f"invalid config: {err}")
+    run_dir = HydraConfig.get().runtime.output_dir
+    if not under_torchrun():
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("run_dir=")]
+        code = run_torchrun(
+            run.cluster.nodes,
+            run.cluster.devices_per_node,
+            "chatbaker_megatron.train",
+            [*overrides, f"run_dir={run_dir}"],
+        )
+        if code:
+            sys.exit(f"training failed (torchrun exit code {code}); see {run_dir}/train.log")
+        return
+    from chatbaker_megatron.training.trainer import train
+
+    run.run_dir = run_dir
+    os.makedirs(run_dir, exist_ok=True)
+    _setup_logging(run_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["run_dir"] = run_dir
+    if int(os.environ.get("RANK", "0")) == 0:
+        with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
+            f.write(OmegaConf.to_yaml(resolved))
+    state = train(run, resolved)
+    log.info(
+        "done at iteration %d. Metrics: %s  Checkpoints: %s",
+        state["iteration"],
+        os.path.join(run_dir, "metrics.jsonl"),
+        run.checkpoint.dir or os.path.join(run_dir, "checkpoints"),
+    )
+
+
+def main_argv(argv: list[str]) -> int:
+    """`chatbaker train ARGS`: Hydra parses ARGS itself (overrides, -m, --cfg job, --help)."""
+    sys.argv = ["chatbaker train", *argv]
+    main()
+    return 0
+
+
+if __name__ == "__main__":
+    main()

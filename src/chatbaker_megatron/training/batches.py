@@ -1,0 +1,66 @@
+"""Global batches from a map-style dataset, split over data-parallel ranks.
+
+Sample order is megatron's: step k consumes samples [k*G, (k+1)*G) of the
+dataset (already shuffled by the dataset itself), and data-parallel rank r
+takes the r-th contiguous slice of G/DP samples, cut into micro-batches.
+Every rank of a model replica (TP/PP peers) reads the same samples, so no
+broadcast is needed, and resuming at `consumed_samples` is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+# Keys the training step consumes; anything else a dataset returns is dropped.
+BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids", "cu_seqlens")
+
+
+def _as_tensor(value: Any) -> torch.Tensor:
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind == "u":
+            # Token ids are stored as uint16/uint32 on disk; torch wants signed ints.
+            value = value.astype(np.int64)
+        return torch.from_numpy(value)
+    return value
+
+
+def collate(samples: Sequence[Mapping[str, Any]], device: torch.device) -> dict[str, torch.Tensor]:
+    """Stack samples into one micro-batch on `device`."""
+    batch = {}
+    for key in BATCH_KEYS:
+        if key in samples[0]:
+            batch[key] = torch.stack([_as_tensor(s[key]) for s in samples]).to(device)
+    batch["tokens"] = batch["tokens"].long()
+    batch["labels"] = batch["labels"].long()
+    batch["position_ids"] = batch["position_ids"].long()
+    batch["loss_mask"] = batch["loss_mask"].float()
+    if "cu_seqlens" in batch:
+        batch["cu_seqlens"] = batch["cu_seqlens"].int()
+    return batch
+
+
+def global_batch(
+    dataset: Sequence,
+    *,
+    start: int,
+    global_batch_size: int,
+    micro_batch_size: int,
+    dp: int,
+    dp_rank: int,
+    device: torch.device,
+) -> list[dict[str, torch.Tensor]]:
+    """This DP rank's micro-batches of the global batch starting at sample `start`.
+
+    Indices wrap around the dataset (epochs of a finite SFT set).
+    """
+    per_rank = global_batch_size // dp
+    first = start + dp_rank * per_rank
+    samples = [dataset[(first + i) % len(dataset)] for i in range(per_rank)]
+    return [
+        collate(samples[i : i + micro_batch_size], device)
+        for i in range(0, per_rank, micro_batch_size)
+    ]

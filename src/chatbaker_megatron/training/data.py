@@ -1,0 +1,44 @@
+"""The datasets a run trains and validates on, sized for its iteration budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from chatbaker_megatron.config.schema import RunConfig
+from chatbaker_megatron.data.prepare import prepare_data
+from chatbaker_megatron.data.pretrain import build_pretrain_datasets
+from chatbaker_megatron.data.sft import build_sft_datasets
+from chatbaker_megatron.data.tokenizer import ChatBakerTokenizer
+
+
+@dataclass
+class TrainingData:
+    tokenizer: ChatBakerTokenizer
+    train: Any
+    valid: Any | None
+
+
+def build_training_data(cfg: RunConfig, *, total_iters: int) -> TrainingData:
+    """Tokenizer plus train/valid datasets for `cfg.data` (pretraining blend or SFT set).
+
+    Pretraining datasets are built for exactly the samples the run consumes
+    (megatron's sample index), validation for every scheduled evaluation.
+    """
+    tokenizer = prepare_data(cfg.data)
+    train_cfg = cfg.train
+    if cfg.data.kind == "sft":
+        train, valid = build_sft_datasets(
+            cfg.data, tokenizer=tokenizer, seq_length=train_cfg.seq_length, seed=train_cfg.seed
+        )
+        return TrainingData(tokenizer, train, valid)
+    evaluations = total_iters // train_cfg.eval_interval + 1 if train_cfg.eval_interval else 0
+    valid_samples = evaluations * train_cfg.eval_iters * train_cfg.global_batch_size
+    train, valid, _test = build_pretrain_datasets(
+        cfg.data,
+        tokenizer=tokenizer,
+        seq_length=train_cfg.seq_length,
+        seed=train_cfg.seed,
+        num_samples=(total_iters * train_cfg.global_batch_size, valid_samples, 0),
+    )
+    return TrainingData(tokenizer, train, valid if valid_samples else None)

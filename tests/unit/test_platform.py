@@ -1,0 +1,396 @@
+"""The CPU compat layer (chatbaker_megatron/platform.py) patches exactly what PATCHES lists.
+
+The real patching changes process-wide state (Tensor methods, megatron module
+globals), so it runs in a fresh interpreter that reports what it observed; the
+tests here assert on that report. The in-process tests pretend CUDA is present
+(or keep the state as it is) and put every patch target back afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import types
+from typing import Any
+
+import pytest
+import torch
+
+from chatbaker_megatron import platform
+from chatbaker_megatron.platform import (
+    CUDA_TYPE_NAME_MODULES,
+    PATCHES,
+    TORCH_PROXY_MODULES,
+    Platform,
+)
+
+# A megatron module that uses torch but is on no patch list: it must keep real torch.
+UNLISTED_MODULE = "megatron.core.transformer.mlp"
+
+# Runs in a fresh interpreter with CUDA hidden, applies the compat layer for
+# real, and prints one JSON object describing what it observed.
+CPU_PROBE = textwrap.dedent(
+    """
+    import importlib, json, sys
+    import torch
+    from chatbaker_megatron import platform
+
+    def call_in(module_name, expr, **names):
+        # Evaluate `expr` in code whose globals are (a copy of) the module's, so
+        # the patched Tensor methods see that module as their caller.
+        scope = dict(vars(importlib.import_module(module_name)), **names)
+        exec(compile("__result = " + expr, "<" + module_name + ">", "exec"), scope)
+        return scope["__result"]
+
+    def raises(fn):
+        try:
+            fn()
+        except Exception as exc:
+            return type(exc).__name__
+        return None
+
+    UNLISTED = sys.argv[1]
+    R = {}
+    rng = importlib.import_module("megatron.core.tensor_parallel.random")
+    importlib.import_module(UNLISTED)
+    rng_before = (rng._get_cuda_rng_state, rng._set_cuda_rng_state)
+    R["cuda_available"] = torch.cuda.is_available()
+    R["first"] = platform.apply_megatron_cpu_compat()
+    R["applied"] = platform.applied_patches()
+
+    proxies = {m: importlib.import_module(m).torch for m in platform.TORCH_PROXY_MODULES}
+    proxy = proxies[platform.TORCH_PROXY_MODULES[0]]
+    R["proxied"] = {m: p is not torch and isinstance(p, platform._CpuTorch) for m, p in proxies.items()}
+    R["one_proxy"] = len({id(p) for p in proxies.values()}) == 1
+    # Every other loaded megatron module that has a `torch` global keeps the real one.
+    R["unlisted_with_proxy"] = sorted(
+        name for name, mod in list(sys.modules.items())
+        if name.startswith("megatron.") and name not in platform.TORCH_PROXY_MODULES
+        # (isinstance: some packages have a submodule named `torch`)
+        and isinstance(getattr(mod, "torch", None), platform._CpuTorch)
+    )
+    R["unlisted_is_real"] = importlib.import_module(UNLISTED).torch is torch
+    R["n_megatron_modules"] = sum(n.startswith("megatron.") for n in sys.modules)
+
+    # The proxy's torch.cuda and allocation patches.
+    R["current_device"] = str(proxy.cuda.current_device())
+    R["proxy_cuda_available"] = proxy.cuda.is_available()
+    R["synchronize"] = repr(proxy.cuda.synchronize())
+    R["alloc"] = {
+        "zeros_cuda": str(proxy.zeros(2, device="cuda").device),
+        "empty_cuda0": str(proxy.empty(3, device="cuda:0").device),
+        "tensor_int": str(proxy.tensor([1.0], device=0).device),
+        "ones_current": str(proxy.ones(2, device=proxy.cuda.current_device()).device),
+        "arange_torch_device": str(proxy.arange(3, device=torch.device("cuda", 0)).device),
+        "device_str": str(proxy.device("cuda")),
+        "device_idx": str(proxy.device("cuda", 1)),
+        "device_meta": str(proxy.device("meta")),
+    }
+    R["alloc_values"] = proxy.full((2,), 7.0, device="cuda").tolist()
+    # Outside the proxied modules, torch is untouched: CUDA allocation still fails.
+    R["real_zeros_cuda"] = raises(lambda: torch.zeros(2, device="cuda"))
+
+    # Tensor.type(): CUDA names only for calls from CUDA_TYPE_NAME_MODULES.
+    tensors = {
+        "float32": torch.zeros(1), "float16": torch.zeros(1, dtype=torch.half),
+        "bfloat16": torch.zeros(1, dtype=torch.bfloat16), "int64": torch.zeros(1, dtype=torch.long),
+    }
+    R["type_in_listed"] = {
+        m: {k: call_in(m, "t.type()", t=t) for k, t in tensors.items()}
+        for m in platform.CUDA_TYPE_NAME_MODULES
+    }
+    R["type_in_main"] = {k: t.type() for k, t in tensors.items()}
+    R["type_in_unlisted"] = call_in(UNLISTED, "t.type()", t=tensors["float32"])
+    # With a dtype argument, type() still converts (in a listed module too).
+    R["type_convert"] = str(call_in(
+        platform.CUDA_TYPE_NAME_MODULES[0], "t.type(torch.float64).dtype", t=tensors["float32"]
+    ))
+
+    # Tensor.cuda(): identity from megatron code, the real method elsewhere.
+    t = torch.arange(3.0)
+    R["cuda_identity"] = {
+        m: call_in(m, "t.cuda()", t=t) is t and call_in(m, "t.cuda(non_blocking=True)", t=t) is t
+        for m in (UNLISTED, "megatron.core.optimizer.optimizer")
+    }
+    R["cuda_outside"] = raises(lambda: t.cuda())
+    # A module whose name merely starts with "megatron" is not megatron code.
+    R["cuda_lookalike"] = raises(
+        lambda: exec("t.cuda()", {"__name__": "megatronish", "t": t})
+    )
+
+    # CUDA RNG state functions read and write the CPU generator.
+    R["rng_patched"] = (rng._get_cuda_rng_state, rng._set_cuda_rng_state) != rng_before
+    torch.manual_seed(11)
+    R["rng_get_is_cpu"] = torch.equal(rng._get_cuda_rng_state(), torch.get_rng_state())
+    state = rng._get_cuda_rng_state()
+    a = torch.rand(4)
+    rng._set_cuda_rng_state(state)
+    R["rng_set_replays"] = torch.equal(torch.rand(4), a)
+    # The tracker (dropout/TP init) forks its own stream and leaves the default one alone.
+    tracker = rng.CudaRNGStatesTracker()
+    torch.manual_seed(1)
+    tracker.add("model-parallel-rng", 7)
+    with tracker.fork("model-parallel-rng"):
+        forked = torch.rand(3)
+    after = torch.rand(3)
+    torch.manual_seed(7)
+    R["fork_uses_own_seed"] = torch.equal(forked, torch.rand(3))
+    torch.manual_seed(1)
+    R["fork_keeps_default"] = torch.equal(after, torch.rand(3))
+
+    # Idempotent: a second call changes nothing and reports the same patches.
+    methods = (torch.Tensor.cuda, torch.Tensor.type, rng._get_cuda_rng_state)
+    try:
+        R["second"] = platform.apply_megatron_cpu_compat()
+    except Exception as exc:  # reported to the idempotency test, not a probe crash
+        R["second"] = type(exc).__name__ + ": " + str(exc)
+    R["second_same_objects"] = (
+        (torch.Tensor.cuda, torch.Tensor.type, rng._get_cuda_rng_state) == methods
+        and all(importlib.import_module(m).torch is p for m, p in proxies.items())
+    )
+    R["applied_after_second"] = platform.applied_patches()
+    print(json.dumps(R))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def cpu_probe() -> dict[str, Any]:
+    """What the compat layer did in a fresh CPU-only interpreter."""
+    # Hide any GPU so the probe takes the CPU path on a CUDA machine as well.
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(
+        [sys.executable, "-c", CPU_PROBE, UNLISTED_MODULE],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
+    assert proc.returncode == 0, f"probe failed:\n{proc.stderr[-4000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def restore_patch_targets(monkeypatch: pytest.MonkeyPatch) -> list[types.ModuleType]:
+    """Start from unpatched state and put every patch target back after the test.
+
+    Another test may already have applied the compat layer in this process
+    (parallel.initialize does); the in-process tests must neither see that
+    nor leave anything of their own behind.
+    """
+    monkeypatch.setattr(platform, "_applied", [])
+    modules = [importlib.import_module(name) for name in TORCH_PROXY_MODULES]
+    for module in modules:
+        monkeypatch.setattr(module, "torch", torch)
+    # The unpatched methods are torch's C implementations, inherited from TensorBase.
+    monkeypatch.setattr(torch.Tensor, "cuda", torch._C.TensorBase.cuda)
+    monkeypatch.setattr(torch.Tensor, "type", torch._C.TensorBase.type)
+    rng = importlib.import_module("megatron.core.tensor_parallel.random")
+    for name in ("_get_cuda_rng_state", "_set_cuda_rng_state"):
+        monkeypatch.setattr(rng, name, getattr(rng, name))
+    return modules
+
+
+def pretend_cuda(monkeypatch: pytest.MonkeyPatch, device_count: int = 2) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: device_count)
+
+
+def pretend_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # So the CPU-path tests mean the same on a machine with a GPU.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+# --- CUDA present: nothing is patched -------------------------------------------
+
+
+def test_cuda_present_patches_nothing(restore_patch_targets, monkeypatch):
+    pretend_cuda(monkeypatch)
+    rng = importlib.import_module("megatron.core.tensor_parallel.random")
+    rng_functions = (rng._get_cuda_rng_state, rng._set_cuda_rng_state)
+
+    assert platform.apply_megatron_cpu_compat() == []
+    assert platform.applied_patches() == []
+    for module in restore_patch_targets:
+        assert module.torch is torch, f"{module.__name__} got a proxy with CUDA present"
+    assert torch.Tensor.cuda is torch._C.TensorBase.cuda
+    assert torch.Tensor.type is torch._C.TensorBase.type
+    assert (rng._get_cuda_rng_state, rng._set_cuda_rng_state) == rng_functions
+
+
+@pytest.mark.parametrize(("local_rank", "index"), [(None, 0), ("1", 1), ("3", 1)])
+def test_detect_cuda(monkeypatch, local_rank, index):
+    pretend_cuda(monkeypatch, device_count=2)
+    if local_rank is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    plat = platform.detect()
+    # LOCAL_RANK picks the GPU, wrapping around the visible devices.
+    assert plat == Platform(torch.device("cuda", index), "nccl")
+    assert plat.is_cuda
+
+
+def test_detect_cpu(monkeypatch):
+    pretend_cpu(monkeypatch)
+    plat = platform.detect()
+    assert plat == Platform(torch.device("cpu"), "gloo")
+    assert not plat.is_cuda
+
+
+# --- CPU: the real patches, observed in a fresh interpreter ---------------------
+
+
+def test_cpu_probe_ran_on_cpu(cpu_probe):
+    assert cpu_probe["cuda_available"] is False
+
+
+def test_applied_patches_are_the_listed_ones(cpu_probe):
+    names = [patch.name for patch in PATCHES]
+    assert cpu_probe["first"] == names
+    assert cpu_probe["applied"] == names
+
+
+def test_listed_modules_get_one_proxy(cpu_probe):
+    assert cpu_probe["proxied"] == dict.fromkeys(TORCH_PROXY_MODULES, True)
+    assert cpu_probe["one_proxy"]
+
+
+def test_unlisted_megatron_modules_keep_real_torch(cpu_probe):
+    assert cpu_probe["unlisted_is_real"]
+    # The probe had imported a few hundred megatron modules; none besides the listed ones changed.
+    assert cpu_probe["n_megatron_modules"] > len(TORCH_PROXY_MODULES)
+    assert cpu_probe["unlisted_with_proxy"] == []
+
+
+def test_proxy_cuda_namespace_answers_for_cpu(cpu_probe):
+    assert cpu_probe["current_device"] == "cpu"
+    assert cpu_probe["synchronize"] == "None"
+    # Not in the stand-in: falls through to the real torch.cuda.
+    assert cpu_probe["proxy_cuda_available"] is False
+
+
+def test_proxy_cuda_allocations_land_on_cpu(cpu_probe):
+    assert cpu_probe["alloc"] == {
+        "zeros_cuda": "cpu",
+        "empty_cuda0": "cpu",
+        "tensor_int": "cpu",
+        "ones_current": "cpu",
+        "arange_torch_device": "cpu",
+        "device_str": "cpu",
+        "device_idx": "cpu",
+        "device_meta": "meta",
+    }
+    assert cpu_probe["alloc_values"] == [7.0, 7.0]
+    # The real torch, used outside the listed modules, is not patched.
+    assert cpu_probe["real_zeros_cuda"] is not None
+
+
+def test_tensor_type_reports_cuda_names_only_in_listed_modules(cpu_probe):
+    cuda_names = {
+        "float32": "torch.cuda.FloatTensor",
+        "float16": "torch.cuda.HalfTensor",
+        "bfloat16": "torch.cuda.BFloat16Tensor",
+        # Only the optimizers' float types are renamed.
+        "int64": "torch.LongTensor",
+    }
+    assert cpu_probe["type_in_listed"] == dict.fromkeys(CUDA_TYPE_NAME_MODULES, cuda_names)
+    assert cpu_probe["type_in_main"] == {
+        "float32": "torch.FloatTensor",
+        "float16": "torch.HalfTensor",
+        "bfloat16": "torch.BFloat16Tensor",
+        "int64": "torch.LongTensor",
+    }
+    assert cpu_probe["type_in_unlisted"] == "torch.FloatTensor"
+    assert cpu_probe["type_convert"] == "torch.float64"
+
+
+def test_tensor_cuda_is_identity_only_from_megatron(cpu_probe):
+    assert cpu_probe["cuda_identity"] == {
+        UNLISTED_MODULE: True,
+        "megatron.core.optimizer.optimizer": True,
+    }
+    assert cpu_probe["cuda_outside"] is not None, "Tensor.cuda() from a test module did not raise"
+    assert cpu_probe["cuda_lookalike"] is not None
+
+
+def test_rng_state_functions_use_cpu_generator(cpu_probe):
+    assert cpu_probe["rng_patched"]
+    assert cpu_probe["rng_get_is_cpu"]
+    assert cpu_probe["rng_set_replays"]
+    assert cpu_probe["fork_uses_own_seed"]
+    assert cpu_probe["fork_keeps_default"]
+
+
+def test_apply_is_idempotent(cpu_probe):
+    assert cpu_probe["second"] == cpu_probe["first"]
+    assert cpu_probe["second_same_objects"], "a second call re-patched"
+    assert cpu_probe["applied_after_second"] == [patch.name for patch in PATCHES]
+
+
+# --- megatron-core version gate -------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["0.19.2", "0.19.0", "0.19.0rc1"])
+def test_checked_version_passes(monkeypatch, version):
+    from megatron.core import package_info
+
+    monkeypatch.setattr(package_info, "__version__", version)
+    assert platform.check_megatron_version() == version
+
+
+def test_installed_version_is_checked():
+    from megatron.core import package_info
+
+    assert platform.check_megatron_version() == package_info.__version__
+
+
+@pytest.mark.parametrize("version", ["0.25.0", "0.18.1", "1.19.0", "0.1.9"])
+def test_unchecked_version_is_refused(monkeypatch, version):
+    from megatron.core import package_info
+
+    monkeypatch.setattr(package_info, "__version__", version)
+    with pytest.raises(RuntimeError) as err:
+        platform.check_megatron_version()
+    message = str(err.value)
+    # Names the installed version, the checked one(s), and the way out.
+    assert f"megatron-core {version} is installed" in message
+    assert "0.19.x" in message
+    assert "CHECKED_MEGATRON_VERSIONS" in message
+
+
+def test_apply_refuses_unchecked_version_before_patching(restore_patch_targets, monkeypatch):
+    from megatron.core import package_info
+
+    pretend_cpu(monkeypatch)
+    monkeypatch.setattr(package_info, "__version__", "0.25.0")
+    with pytest.raises(RuntimeError, match=r"megatron-core 0\.25\.0 is installed"):
+        platform.apply_megatron_cpu_compat()
+    assert platform.applied_patches() == []
+    assert all(module.torch is torch for module in restore_patch_targets)
+    assert torch.Tensor.cuda is torch._C.TensorBase.cuda
+    assert torch.Tensor.type is torch._C.TensorBase.type
+
+
+# --- TransformerConfig overrides per backend ------------------------------------
+
+
+def test_config_overrides_on_gloo(monkeypatch):
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    pretend_cpu(monkeypatch)
+    overrides = platform.megatron_config_overrides()
+    assert overrides == {"batch_p2p_comm": False}
+    # The key must be a real TransformerConfig field, or setting it would fail / do nothing.
+    assert set(overrides) <= {f.name for f in dataclasses.fields(TransformerConfig)}
+
+
+def test_config_overrides_on_nccl(monkeypatch):
+    pretend_cuda(monkeypatch)
+    assert platform.detect().backend == "nccl"
+    assert platform.megatron_config_overrides() == {}
