@@ -25,7 +25,9 @@ def triton_interpreting() -> bool:
 
 def acc_dtype(dtype: torch.dtype) -> tl.dtype:
     if dtype not in _ACC_DTYPE:
-        raise TypeError(f"unsupported dtype {dtype}; expected one of {sorted(map(str, _ACC_DTYPE))}")
+        raise TypeError(
+            f"unsupported dtype {dtype}; expected one of {sorted(map(str, _ACC_DTYPE))}"
+        )
     return _ACC_DTYPE[dtype]
 
 

@@ -28,7 +28,12 @@ import torch
 # Largest dynamic shared memory per block (bytes): A100 163 KiB, H100 227 KiB.
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 
-_TRITON_TYPE = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64"}
+_TRITON_TYPE = {
+    torch.bfloat16: "bf16",
+    torch.float16: "fp16",
+    torch.float32: "fp32",
+    torch.float64: "fp64",
+}
 
 
 @dataclass
@@ -55,7 +60,7 @@ def _rmsnorm_jobs(quick: bool) -> Iterator[Job]:
 
     dtypes = [torch.bfloat16] if quick else [torch.bfloat16, torch.float16, torch.float32]
     for dtype in dtypes:
-        for weight_dtype in {dtype, torch.float32}:
+        for weight_dtype in dict.fromkeys((dtype, torch.float32)):
             for hidden in (2048, 4096) if not quick else (4096,):
                 for residual in (False, True):
                     block, warps = rn._block_and_warps(hidden, rn.MAX_BLOCK)
@@ -63,20 +68,43 @@ def _rmsnorm_jobs(quick: bool) -> Iterator[Job]:
                     yield Job(
                         f"rmsnorm_fwd {dtype} w={weight_dtype} h={hidden} residual={residual}",
                         rn._rms_norm_fwd_kernel,
-                        {"X": dtype, "RES": opt, "W": weight_dtype, "Y": dtype, "SUM": opt, "RSTD": torch.float32},
+                        {
+                            "X": dtype,
+                            "RES": opt,
+                            "W": weight_dtype,
+                            "Y": dtype,
+                            "SUM": opt,
+                            "RSTD": torch.float32,
+                        },
                         {"n_cols": "i32", "eps": "fp32"},
-                        {"HAS_RESIDUAL": residual, "BLOCK": block, "ONE_BLOCK": True, "ACC": tl.float32},
+                        {
+                            "HAS_RESIDUAL": residual,
+                            "BLOCK": block,
+                            "ONE_BLOCK": True,
+                            "ACC": tl.float32,
+                        },
                         warps,
                     )
                     yield Job(
                         f"rmsnorm_bwd {dtype} w={weight_dtype} h={hidden} residual={residual}",
                         rn._rms_norm_bwd_kernel,
                         {
-                            "DY": dtype, "X": dtype, "W": weight_dtype, "RSTD": torch.float32,
-                            "ROW_DOT": None, "DSUM": opt, "DX": dtype, "DW_PARTIAL": torch.float32,
-                        },  # fmt: skip
+                            "DY": dtype,
+                            "X": dtype,
+                            "W": weight_dtype,
+                            "RSTD": torch.float32,
+                            "ROW_DOT": None,
+                            "DSUM": opt,
+                            "DX": dtype,
+                            "DW_PARTIAL": torch.float32,
+                        },
                         {"n_rows": "i32", "n_cols": "i32", "rows_per_program": "i32"},
-                        {"HAS_DSUM": residual, "BLOCK": block, "ONE_BLOCK": True, "ACC": tl.float32},
+                        {
+                            "HAS_DSUM": residual,
+                            "BLOCK": block,
+                            "ONE_BLOCK": True,
+                            "ACC": tl.float32,
+                        },
                         warps,
                     )
     # Rows wider than MAX_BLOCK take the chunked path.
@@ -102,9 +130,15 @@ def _rmsnorm_jobs(quick: bool) -> Iterator[Job]:
         "rmsnorm_bwd chunked",
         rn._rms_norm_bwd_kernel,
         {
-            "DY": dtype, "X": dtype, "W": dtype, "RSTD": torch.float32, "ROW_DOT": torch.float32,
-            "DSUM": None, "DX": dtype, "DW_PARTIAL": torch.float32,
-        },  # fmt: skip
+            "DY": dtype,
+            "X": dtype,
+            "W": dtype,
+            "RSTD": torch.float32,
+            "ROW_DOT": torch.float32,
+            "DSUM": None,
+            "DX": dtype,
+            "DW_PARTIAL": torch.float32,
+        },
         {"n_rows": "i32", "n_cols": "i32", "rows_per_program": "i32"},
         {"HAS_DSUM": False, "BLOCK": block, "ONE_BLOCK": False, "ACC": tl.float32},
         warps,
@@ -117,7 +151,12 @@ def _attention_jobs(quick: bool) -> Iterator[Job]:
     from chatbaker_kernels import triton_attention as fa
 
     f32 = torch.float32
-    bwd_scalars = {"softmax_scale": "fp32", "qk_scale": "fp32", "seqlen": "i32", "total_tokens": "i32"}
+    bwd_scalars = {
+        "softmax_scale": "fp32",
+        "qk_scale": "fp32",
+        "seqlen": "i32",
+        "total_tokens": "i32",
+    }
     dtypes = [torch.bfloat16] if quick else [torch.bfloat16, torch.float16, torch.float32]
     for dtype in dtypes:
         for head_dim in (64,) if quick else (64, 128):
@@ -132,7 +171,14 @@ def _attention_jobs(quick: bool) -> Iterator[Job]:
                 yield Job(
                     f"attn_fwd {tag}",
                     fa._attn_fwd_kernel,
-                    {"Q": dtype, "K": dtype, "V": dtype, "O": dtype, "LSE": f32, "CU_SEQLENS": cu},
+                    {
+                        "Q": dtype,
+                        "K": dtype,
+                        "V": dtype,
+                        "OUT": dtype,
+                        "LSE": f32,
+                        "CU_SEQLENS": cu,
+                    },
                     {"qk_scale": "fp32", "seqlen": "i32", "total_tokens": "i32"},
                     {**common, "BLOCK_M": cfg.fwd.outer, "BLOCK_N": cfg.fwd.inner},
                     cfg.fwd.num_warps,
@@ -143,9 +189,16 @@ def _attention_jobs(quick: bool) -> Iterator[Job]:
                     f"attn_bwd_dkdv {tag}",
                     fa._attn_bwd_dkdv_kernel,
                     {
-                        "Q": dtype, "K": dtype, "V": dtype, "DO": dtype, "LSE": f32, "DELTA": f32,
-                        "DK": dtype, "DV": dtype, "CU_SEQLENS": cu,
-                    },  # fmt: skip
+                        "Q": dtype,
+                        "K": dtype,
+                        "V": dtype,
+                        "DO": dtype,
+                        "LSE": f32,
+                        "DELTA": f32,
+                        "DK": dtype,
+                        "DV": dtype,
+                        "CU_SEQLENS": cu,
+                    },
                     bwd_scalars,
                     {**common, "BLOCK_M": cfg.dkdv.inner, "BLOCK_N": cfg.dkdv.outer},
                     cfg.dkdv.num_warps,
@@ -156,9 +209,15 @@ def _attention_jobs(quick: bool) -> Iterator[Job]:
                     f"attn_bwd_dq {tag}",
                     fa._attn_bwd_dq_kernel,
                     {
-                        "Q": dtype, "K": dtype, "V": dtype, "DO": dtype, "LSE": f32, "DELTA": f32,
-                        "DQ": dtype, "CU_SEQLENS": cu,
-                    },  # fmt: skip
+                        "Q": dtype,
+                        "K": dtype,
+                        "V": dtype,
+                        "DO": dtype,
+                        "LSE": f32,
+                        "DELTA": f32,
+                        "DQ": dtype,
+                        "CU_SEQLENS": cu,
+                    },
                     bwd_scalars,
                     {**common, "BLOCK_M": cfg.dq.outer, "BLOCK_N": cfg.dq.inner},
                     cfg.dq.num_warps,
@@ -168,9 +227,15 @@ def _attention_jobs(quick: bool) -> Iterator[Job]:
             yield Job(
                 f"attn_bwd_delta {dtype} d={head_dim}",
                 fa._attn_bwd_delta_kernel,
-                {"O": dtype, "DO": dtype, "DELTA": f32},
+                {"OUT": dtype, "DO": dtype, "DELTA": f32},
                 {"total_tokens": "i32"},
-                {"H_Q": 32, "HEAD_DIM": head_dim, "BLOCK_T": 64, "BLOCK_D": head_dim, "ACC": tl.float32},
+                {
+                    "H_Q": 32,
+                    "HEAD_DIM": head_dim,
+                    "BLOCK_T": 64,
+                    "BLOCK_D": head_dim,
+                    "ACC": tl.float32,
+                },
                 num_warps=4,
             )
 
@@ -191,7 +256,9 @@ def _resource_usage(cubin: bytes) -> tuple[int, int]:
         with open(path, "wb") as f:
             f.write(cubin)
         tool = triton.knobs.nvidia.cuobjdump.path
-        report = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True, check=True)
+        report = subprocess.run(
+            [tool, "--dump-resource-usage", path], capture_output=True, text=True, check=True
+        )
     usage = dict(re.findall(r"(REG|STACK):(\d+)", report.stdout))
     return int(usage["REG"]), int(usage["STACK"])
 
@@ -240,7 +307,9 @@ def _verdict(job: Job, arch: int, used: Resources) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], choices=sorted(SHARED_LIMIT))
+    parser.add_argument(
+        "--arch", type=int, nargs="+", default=[80, 90], choices=sorted(SHARED_LIMIT)
+    )
     parser.add_argument("--quick", action="store_true", help="bf16 and one shape per kernel only")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":

@@ -66,7 +66,9 @@ class Tiles:
             if tile < 16 or tile & (tile - 1):
                 raise ValueError(f"tile sizes must be powers of two >= 16, got {tile}")
         if self.outer % self.inner:
-            raise ValueError(f"outer tile {self.outer} is not a multiple of inner tile {self.inner}")
+            raise ValueError(
+                f"outer tile {self.outer} is not a multiple of inner tile {self.inner}"
+            )
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ def _fwd_kv_blocks(
 
 @triton.jit
 def _attn_fwd_kernel(
-    Q, K, V, O, LSE, CU_SEQLENS,
+    Q, K, V, OUT, LSE, CU_SEQLENS,
     qk_scale, seqlen, total_tokens,
     H_Q: tl.constexpr, H_KV: tl.constexpr, HEAD_DIM: tl.constexpr, VARLEN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -214,14 +216,14 @@ def _attn_fwd_kernel(
     )  # fmt: skip
 
     o = acc / l_i[:, None]
-    tl.store(O + q_offs, o.to(O.dtype.element_ty), mask=q_mask)
+    tl.store(OUT + q_offs, o.to(OUT.dtype.element_ty), mask=q_mask)
     lse_offs = head * total_tokens + start + offs_m
     tl.store(LSE + lse_offs, m_i + tl.log2(l_i), mask=offs_m < length)
 
 
 @triton.jit
 def _attn_bwd_delta_kernel(
-    O, DO, DELTA, total_tokens,
+    OUT, DO, DELTA, total_tokens,
     H_Q: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
@@ -231,9 +233,11 @@ def _attn_bwd_delta_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     offs = (offs_t.to(tl.int64) * H_Q + head)[:, None] * HEAD_DIM + offs_d[None, :]
     mask = _tile_mask(offs_t, total_tokens, offs_d, HEAD_DIM, BLOCK_D)
-    o = tl.load(O + offs, mask=mask, other=0.0).to(ACC)
+    o = tl.load(OUT + offs, mask=mask, other=0.0).to(ACC)
     do = tl.load(DO + offs, mask=mask, other=0.0).to(ACC)
-    tl.store(DELTA + head * total_tokens + offs_t, tl.sum(o * do, axis=1), mask=offs_t < total_tokens)
+    tl.store(
+        DELTA + head * total_tokens + offs_t, tl.sum(o * do, axis=1), mask=offs_t < total_tokens
+    )
 
 
 @triton.jit
@@ -441,7 +445,9 @@ class FlashAttentionFunction(torch.autograd.Function):
         widen = triton_interpreting() and q.dtype == torch.bfloat16
 
         o = _new_output(q, problem)
-        lse = torch.empty(h_q, problem.total_tokens, dtype=acc_torch_dtype(q.dtype), device=q.device)
+        lse = torch.empty(
+            h_q, problem.total_tokens, dtype=acc_torch_dtype(q.dtype), device=q.device
+        )
         if problem.max_seqlen > 0:
             tiles = config.fwd
             grid = (triton.cdiv(problem.max_seqlen, tiles.outer), problem.num_seqs, h_q)
@@ -497,7 +503,15 @@ class FlashAttentionFunction(torch.autograd.Function):
                 num_warps=tiles.num_warps, num_stages=tiles.num_stages,
                 **shared_args,
             )  # fmt: skip
-        return dq.view(ctx.in_shape), dk.view(ctx.kv_shape), dv.view(ctx.kv_shape), None, None, None, None
+        return (
+            dq.view(ctx.in_shape),
+            dk.view(ctx.kv_shape),
+            dv.view(ctx.kv_shape),
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def _new_output(like: torch.Tensor, problem: _Problem) -> torch.Tensor:
@@ -506,15 +520,21 @@ def _new_output(like: torch.Tensor, problem: _Problem) -> torch.Tensor:
     return torch.zeros_like(like) if problem.varlen else torch.empty_like(like)
 
 
-def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor | None) -> None:
+def _check_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor | None
+) -> None:
     rank = 4 if cu_seqlens is None else 3
     layout = "[b, s, h, d]" if cu_seqlens is None else "[t, h, d] (varlen)"
     if q.dim() != rank or k.dim() != rank or k.shape != v.shape:
-        raise ValueError(f"expected q, k, v as {layout} with k.shape == v.shape; got {q.shape}, {k.shape}, {v.shape}")
+        raise ValueError(
+            f"expected q, k, v as {layout} with k.shape == v.shape; got {q.shape}, {k.shape}, {v.shape}"
+        )
     if q.shape[:-2] != k.shape[:-2] or q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q {list(q.shape)} and k {list(k.shape)} differ in tokens or head dim")
     if q.shape[-2] % k.shape[-2]:
-        raise ValueError(f"query heads ({q.shape[-2]}) must be a multiple of key/value heads ({k.shape[-2]})")
+        raise ValueError(
+            f"query heads ({q.shape[-2]}) must be a multiple of key/value heads ({k.shape[-2]})"
+        )
     if q.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"head dim {q.shape[-1]} > {MAX_HEAD_DIM} is not supported")
     if not (q.dtype == k.dtype == v.dtype):

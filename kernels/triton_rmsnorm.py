@@ -34,7 +34,9 @@ MAX_BLOCK = 4096
 
 
 @triton.jit
-def _load_row_chunk(X, RES, SUM, offs, mask, HAS_RESIDUAL: tl.constexpr, WRITE_SUM: tl.constexpr, ACC: tl.constexpr):
+def _load_row_chunk(
+    X, RES, SUM, offs, mask, HAS_RESIDUAL: tl.constexpr, WRITE_SUM: tl.constexpr, ACC: tl.constexpr
+):
     """x (or x + residual, rounded to the storage dtype) for one chunk of a row, as ACC."""
     x = tl.load(X + offs, mask=mask, other=0.0).to(ACC)
     if HAS_RESIDUAL:
@@ -67,14 +69,18 @@ def _rms_norm_fwd_kernel(
         sum_sq = tl.zeros([BLOCK], dtype=ACC)
         for start in range(0, n_cols, BLOCK):
             mask = start + cols < n_cols
-            x = _load_row_chunk(X, RES, SUM, row_start + start + cols, mask, HAS_RESIDUAL, True, ACC)
+            x = _load_row_chunk(
+                X, RES, SUM, row_start + start + cols, mask, HAS_RESIDUAL, True, ACC
+            )
             sum_sq += x * x
         rstd = 1.0 / tl.sqrt(tl.sum(sum_sq, axis=0) / n_cols + eps)
         for start in range(0, n_cols, BLOCK):
             mask = start + cols < n_cols
             # Recompute x + residual rather than read back SUM: the same value,
             # and no read-after-write ordering to reason about.
-            x = _load_row_chunk(X, RES, SUM, row_start + start + cols, mask, HAS_RESIDUAL, False, ACC)
+            x = _load_row_chunk(
+                X, RES, SUM, row_start + start + cols, mask, HAS_RESIDUAL, False, ACC
+            )
             w = tl.load(W + start + cols, mask=mask, other=0.0).to(ACC)
             tl.store(Y + row_start + start + cols, (x * rstd * w).to(Y.dtype.element_ty), mask=mask)
     tl.store(RSTD + row, rstd)
@@ -126,10 +132,7 @@ def _rms_norm_bwd_kernel(
         xhat = tl.load(X + offs, mask=mask, other=0.0).to(ACC) * rstd
         dy = tl.load(DY + offs, mask=mask, other=0.0).to(ACC)
         wdy = w * dy
-        if ONE_BLOCK:
-            row_dot = tl.sum(xhat * wdy, axis=0) / n_cols
-        else:
-            row_dot = tl.load(ROW_DOT + row)
+        row_dot = tl.sum(xhat * wdy, axis=0) / n_cols if ONE_BLOCK else tl.load(ROW_DOT + row)
         dx = (wdy - xhat * row_dot) * rstd
         if HAS_DSUM:
             dx += tl.load(DSUM + offs, mask=mask, other=0.0).to(ACC)
@@ -161,6 +164,7 @@ class RMSNormFunction(torch.autograd.Function):
         shape, n_cols = x.shape, x.shape[-1]
         x2 = x.reshape(-1, n_cols).contiguous()
         res2 = residual.reshape(-1, n_cols).contiguous() if residual is not None else None
+        weight = weight.contiguous()
         n_rows = x2.shape[0]
         block, num_warps = _block_and_warps(n_cols, max_block)
         acc = acc_dtype(x.dtype)
@@ -194,31 +198,35 @@ class RMSNormFunction(torch.autograd.Function):
         # The sum h = x + residual also flows on to the next block: its
         # gradient adds straight into dx (and d residual, which is the same).
         dsum = grads[1].reshape(-1, n_cols).contiguous() if ctx.has_residual else None
+        if n_rows == 0:
+            dx = torch.zeros_like(dy).view(ctx.shape)
+            return dx, (dx if ctx.has_residual else None), torch.zeros_like(weight), None, None
         block, num_warps = _block_and_warps(n_cols, ctx.max_block)
         one_block = block >= n_cols
         acc = acc_dtype(normed_input.dtype)
 
-        programs = max(min(n_rows, parallel_programs(dy.device, per_sm=2)), 1)
+        programs = min(n_rows, parallel_programs(dy.device, per_sm=2))
         rows_per_program = triton.cdiv(n_rows, programs)
-        programs = max(triton.cdiv(n_rows, rows_per_program), 1)
+        programs = triton.cdiv(n_rows, rows_per_program)
         dx = torch.empty_like(dy)
-        dw_partial = torch.zeros(programs, n_cols, dtype=rstd.dtype, device=dy.device)
-        row_dot = None if one_block else torch.empty_like(rstd)
-        if n_rows > 0:
-            if not one_block:
-                _rms_norm_bwd_row_dot_kernel[(n_rows,)](
-                    dy, normed_input, weight, rstd, row_dot, n_cols,
-                    BLOCK=block, ACC=acc, num_warps=num_warps,
-                )  # fmt: skip
-            _rms_norm_bwd_kernel[(programs, triton.cdiv(n_cols, block))](
-                dy, normed_input, weight, rstd, row_dot, dsum, dx, dw_partial,
-                n_rows, n_cols, rows_per_program,
-                HAS_DSUM=dsum is not None,
-                BLOCK=block,
-                ONE_BLOCK=one_block,
-                ACC=acc,
-                num_warps=num_warps,
+        # Every (program, chunk) writes its columns of its row, even with no rows.
+        dw_partial = torch.empty(programs, n_cols, dtype=rstd.dtype, device=dy.device)
+        row_dot = None
+        if not one_block:
+            row_dot = torch.empty_like(rstd)
+            _rms_norm_bwd_row_dot_kernel[(n_rows,)](
+                dy, normed_input, weight, rstd, row_dot, n_cols,
+                BLOCK=block, ACC=acc, num_warps=num_warps,
             )  # fmt: skip
+        _rms_norm_bwd_kernel[(programs, triton.cdiv(n_cols, block))](
+            dy, normed_input, weight, rstd, row_dot, dsum, dx, dw_partial,
+            n_rows, n_cols, rows_per_program,
+            HAS_DSUM=dsum is not None,
+            BLOCK=block,
+            ONE_BLOCK=one_block,
+            ACC=acc,
+            num_warps=num_warps,
+        )  # fmt: skip
         dweight = dw_partial.sum(0).to(weight.dtype)
         dx = dx.view(ctx.shape)
         return dx, (dx if ctx.has_residual else None), dweight, None, None

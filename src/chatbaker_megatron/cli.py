@@ -20,6 +20,11 @@ VERBS: dict[str, tuple[str, str]] = {
     "tokenizer": ("chatbaker_megatron.data.tokenizer_cli", "train or inspect the byte-level BPE tokenizer"),
     "preprocess": ("chatbaker_megatron.data.preprocess", "jsonl -> megatron .bin/.idx indexed dataset"),
     "plan": ("chatbaker_megatron.plan.cli", "rank parallel layouts: memory, step time, MFU, days"),
+    "export-hf": ("chatbaker_megatron.convert.export_hf", "checkpoint -> HF Llama folder"),
+    "import-hf": ("chatbaker_megatron.convert.import_hf", "HF Llama folder -> checkpoint"),
+    "generate": ("chatbaker_megatron.inference.generate_cli", "continue a text prompt"),
+    "chat": ("chatbaker_megatron.inference.chat_cli", "multi-turn chat REPL, streamed"),
+    "eval": ("chatbaker_megatron.eval.cli", "lm-eval KoBEST/English -> table, chart"),
 }
 
 

@@ -162,6 +162,16 @@ PATCHES = (
         "_get_cuda_rng_state/_set_cuda_rng_state read and write the CPU generator, so the RNG "
         "tracker forks (dropout, TP weight init) work",
     ),
+    Patch(
+        "torch-Adam step on reshardable load",
+        ("megatron.core.optimizer.distrib_optimizer",),
+        "without apex/TE the DistributedOptimizer runs torch.optim.Adam, whose per-parameter "
+        "state holds a 'step' tensor; loading a fully_reshardable checkpoint then looks that "
+        "key up in the saved per-parameter tensors, where megatron never stores it (the step "
+        "is restored from the param groups first): the lookup is skipped. megatron also gives "
+        "every parameter the same step tensor, which torch's Adam then increments once per "
+        "parameter: each parameter gets its own copy after the load",
+    ),
 )
 
 _CUDA_TYPE_NAMES = {
@@ -363,6 +373,24 @@ def apply_megatron_cpu_compat() -> list[str]:
     rng._set_cuda_rng_state = lambda new_state, device=-1, graph_safe=False: torch.set_rng_state(
         new_state
     )
+
+    dist_opt = importlib.import_module("megatron.core.optimizer.distrib_optimizer")
+    set_states = dist_opt.DistributedOptimizer._set_main_param_and_optimizer_states
+
+    def set_states_keeping_step(self: Any, model_param: Any, tensors: dict) -> None:
+        # A non-tensor entry is skipped by megatron's copy loop.
+        set_states(self, model_param, {"step": None, **tensors})
+
+    dist_opt.DistributedOptimizer._set_main_param_and_optimizer_states = set_states_keeping_step
+    load_state_dict = dist_opt.DistributedOptimizer.load_state_dict
+
+    def load_state_dict_unsharing_step(self: Any, state_dict: dict) -> None:
+        load_state_dict(self, state_dict)
+        for param_state in self.optimizer.state.values():
+            if isinstance(param_state.get("step"), torch.Tensor):
+                param_state["step"] = param_state["step"].clone()
+
+    dist_opt.DistributedOptimizer.load_state_dict = load_state_dict_unsharing_step
 
     _applied.extend(patch.name for patch in PATCHES)
     return applied_patches()

@@ -1,5 +1,6 @@
 """Preprocessing: output equals direct encoding, workers change nothing, bad input, atomic output."""
 
+import functools
 import json
 import os
 import re
@@ -10,8 +11,9 @@ import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from chatbaker_megatron.cli import main
-from chatbaker_megatron.data import indexed_writer, preprocess
-from chatbaker_megatron.data.corpus import BadInputError
+from chatbaker_megatron.data import encode_pool, indexed_writer, preprocess
+from chatbaker_megatron.data.corpus import BadInputError, iter_line_chunks
+from chatbaker_megatron.data.encode_worker import encode_text_chunk
 from chatbaker_megatron.data.prepare import PRETRAIN_SAMPLES
 
 
@@ -54,7 +56,7 @@ def test_output_reads_back_as_direct_encoding(tokenizer, demo, tmp_path):
 
 
 def test_worker_processes_give_identical_output(demo, tmp_path, monkeypatch):
-    monkeypatch.setattr(preprocess, "CHUNK_BYTES", 8192)  # many chunks in flight
+    monkeypatch.setattr(encode_pool, "CHUNK_BYTES", 8192)  # many chunks in flight
     texts = sample_texts(200)
     inputs = [
         write_jsonl(tmp_path / "a.jsonl", texts[:90]),
@@ -78,16 +80,16 @@ def test_chunks_in_flight_are_bounded(demo, tmp_path):
     pulled = []
 
     def work():
-        for chunk in preprocess.iter_line_chunks(source, 2048):
+        for chunk in iter_line_chunks(source, 2048):
             pulled.append(chunk)
             yield chunk, 0
 
-    encode = preprocess.partial(preprocess.encode_text_chunk, json_key="text", dtype="uint16")
+    encode = functools.partial(encode_text_chunk, json_key="text", dtype="uint16")
     consumed = 0
-    for _ in preprocess._encoded(work(), encode, 1, (str(demo.tokenizer), None)):
+    for _ in encode_pool.encode_in_order(work(), encode, 1, str(demo.tokenizer), None):
         consumed += 1
-        # Streaming: one worker never has more than 2 chunks read ahead.
-        assert len(pulled) - consumed <= 2
+        # Streaming: one worker never has more than IN_FLIGHT_PER_WORKER (2) chunks read ahead.
+        assert len(pulled) - consumed <= encode_pool.IN_FLIGHT_PER_WORKER == 2
     assert consumed == len(pulled) > 10
 
 
@@ -146,7 +148,7 @@ def test_failed_run_keeps_the_previous_output_intact(demo, tmp_path):
 
 
 def test_crash_while_writing_leaves_nothing_that_looks_complete(demo, tmp_path, monkeypatch):
-    monkeypatch.setattr(preprocess, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(encode_pool, "CHUNK_BYTES", 4096)
     source = write_jsonl(tmp_path / "in.jsonl", sample_texts(60))
     prefix = str(tmp_path / "out")
     calls = []

@@ -3,6 +3,7 @@
 import itertools
 import json
 import re
+import unicodedata
 
 import numpy as np
 import pytest
@@ -17,7 +18,12 @@ from chatbaker_megatron.data.corpus import BadInputError, BadRecord
 from chatbaker_megatron.data.prepare import SFT_SAMPLES
 from chatbaker_megatron.data.preprocess import preprocess
 from chatbaker_megatron.data.sft import build_sft_datasets
-from chatbaker_megatron.data.sft_tokenize import fit_whole_turns, tokenize_conversation, turn_ends
+from chatbaker_megatron.data.sft_tokenize import (
+    encode_prompt,
+    fit_whole_turns,
+    tokenize_conversation,
+    turn_ends,
+)
 from chatbaker_megatron.data.templates import TEMPLATES, ChatTemplate, Message, render_prompt
 
 U, A, S = "user", "assistant", "system"
@@ -36,6 +42,9 @@ ENGLISH = [
     Message(U, "Thanks!"),
     Message(A, "  You're welcome."),
 ]
+
+# Decomposed Hangul (NFD): NFC normalisation must not shift the mask.
+DECOMPOSED = [Message(m.role, unicodedata.normalize("NFD", m.content)) for m in KOREAN]
 
 
 def runs(flags: np.ndarray) -> list[tuple[int, int]]:
@@ -71,7 +80,9 @@ def test_targets_are_exactly_the_replies_on_a_hand_checked_example(tokenizer):
 
 
 @pytest.mark.parametrize("name", TEMPLATES)
-@pytest.mark.parametrize("messages", [KOREAN, ENGLISH], ids=["korean", "english"])
+@pytest.mark.parametrize(
+    "messages", [KOREAN, ENGLISH, DECOMPOSED], ids=["korean", "english", "nfd-korean"]
+)
 def test_serving_prompt_tokens_are_a_prefix_of_training_tokens(tokenizer, name, messages):
     template = TEMPLATES[name]
     conv = tokenize_conversation(tokenizer, template, messages)
@@ -84,8 +95,10 @@ def test_serving_prompt_tokens_are_a_prefix_of_training_tokens(tokenizer, name, 
         )
         # Serving tokenises the prompt alone: it must be exactly the training prefix.
         assert tokenizer.encode(prompt) == conv.ids[:start].tolist()
+        assert encode_prompt(tokenizer, template, history) == conv.ids[:start].tolist()
         reply = messages[offset + 2 * turn + 1].content
-        assert tokenizer.decode(conv.ids[start:end].tolist()) == f" {reply}{tokenizer.eos_token}"
+        decoded = tokenizer.decode(conv.ids[start:end].tolist())
+        assert decoded == unicodedata.normalize("NFC", f" {reply}{tokenizer.eos_token}")
 
 
 def test_a_template_whose_tokens_straddle_the_reply_is_rejected(tokenizer):

@@ -162,7 +162,9 @@ def test_plan_ranks_valid_fitting_layouts(experiment):
         validate(dataclasses.replace(cfg, parallel=c.parallel))
     best = candidates[0]
     work = workload_of(cfg)
-    flops = sizes.model_flops_per_token(cfg.model, cfg.train.seq_length, work.padded_vocab(best.parallel.tp))
+    flops = sizes.model_flops_per_token(
+        cfg.model, cfg.train.seq_length, work.padded_vocab(best.parallel.tp)
+    )
     peak = cfg.cluster.world_size * cfg.cluster.device.peak_tflops * 1e12
     assert best.mfu == pytest.approx(flops * best.tokens_per_s / peak)
     assert best.mfu < Assumptions().compute_efficiency

@@ -171,7 +171,9 @@ def validate(cfg: Any, world_size: int | None = None) -> None:
         train.train_iters,
         f"set exactly one of train.train_iters and train.train_tokens (train_tokens={train.train_tokens})",
     )
-    _require(train_iters(train) > 0, "train.train_iters", train_iters(train), "expected > 0")
+    # 0 iterations is allowed: it writes the initial weights as a "seed
+    # checkpoint" that runs at any topology can start from (train.init_from).
+    _require(train_iters(train) >= 0, "train.train_iters", train_iters(train), "expected >= 0")
     _one_of("train.nan_policy", train.nan_policy, NAN_POLICIES)
 
     _require(optim.lr > 0, "optim.lr", optim.lr, "expected > 0")
@@ -185,6 +187,17 @@ def validate(cfg: Any, world_size: int | None = None) -> None:
     )
     if optim.warmup_ratio is not None:
         _require(0 <= optim.warmup_ratio < 1, "optim.warmup_ratio", optim.warmup_ratio, "expected in [0, 1)")
+
+    iters = train_iters(train)
+    warmup = round(optim.warmup_ratio * iters) if optim.warmup_ratio is not None else optim.warmup_iters or 0
+    decay = optim.decay_iters or iters
+    if iters > 0:
+        _require(
+            warmup < decay,
+            "optim.warmup_iters",
+            warmup,
+            f"warmup must be shorter than the decay ({decay} iterations: optim.decay_iters or the run)",
+        )
 
     _one_of("cluster.precision", cluster.precision, PRECISIONS)
     _require(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", cfg.checkpoint.keep_last, "expected >= 1")

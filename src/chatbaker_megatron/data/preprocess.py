@@ -1,12 +1,12 @@
 """`chatbaker preprocess`: jsonl (or SFT conversations) -> megatron .bin/.idx indexed dataset.
 
 The main process streams the inputs in chunks of whole lines (about 1 MiB),
-worker processes decode and batch-encode each chunk (encode_worker), and the
-main process writes the results in input order through megatron's
-IndexedDatasetBuilder. At most two chunks per worker are in flight, so
-memory does not grow with the corpus: the token data goes straight to disk
-and only megatron's per-document index (a few dozen bytes per document)
-stays in memory until the .idx is written.
+worker processes decode and batch-encode each chunk (encode_pool,
+encode_worker), and the main process writes the results in input order
+through megatron's IndexedDatasetBuilder (indexed_writer). At most two
+chunks per worker are in flight, so memory does not grow with the corpus:
+the token data goes straight to disk and only megatron's per-document index
+(a few dozen bytes per document) stays in memory until the .idx is written.
 
 --format text: one document per line (`--json-key`), eos appended.
 --format sft: ShareGPT conversations rendered with a chat template; every
@@ -16,14 +16,9 @@ document is two sequences, the token ids and the 0/1 target flags (see sft.py).
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing
 import os
 import sys
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -35,22 +30,17 @@ from chatbaker_megatron.data.corpus import (
     BadInputError,
     BadRecord,
     ErrorTally,
-    LineChunk,
-    iter_line_chunks,
 )
+from chatbaker_megatron.data.encode_pool import encode_in_order, input_chunks
 from chatbaker_megatron.data.encode_worker import (
     EncodedChunk,
-    RecordChunk,
     encode_sft_chunk,
     encode_text_chunk,
-    init_worker,
 )
 from chatbaker_megatron.data.packing import pack_best_fit_decreasing, packing_efficiency
 from chatbaker_megatron.data.templates import TEMPLATES, load_template
 from chatbaker_megatron.data.tokenizer import load_tokenizer
 
-CHUNK_BYTES = 1 << 20
-RECORDS_PER_CHUNK = 256  # for .json arrays of conversations
 FORMATS = ("text", "sft")
 
 
@@ -171,68 +161,6 @@ class PreprocessStats:
         )
 
 
-def _chunks(inputs: list[str], fmt: str) -> Iterator[tuple[LineChunk | RecordChunk, int]]:
-    """(chunk, input bytes it covers) over all inputs, in order."""
-    for path in inputs:
-        if fmt == "sft" and path.endswith(".json"):
-            with open(path, "rb") as f:
-                try:
-                    records = json.load(f)
-                except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                    raise BadInputError(
-                        f"{path}: not a JSON array of conversations ({err})"
-                    ) from None
-            if not isinstance(records, list):
-                raise BadInputError(
-                    f"{path}: expected a JSON array of conversations, got {type(records).__name__}"
-                )
-            size = os.path.getsize(path)
-            for start in range(0, len(records), RECORDS_PER_CHUNK):
-                part = records[start : start + RECORDS_PER_CHUNK]
-                yield RecordChunk(path, start, part), size * len(part) // len(records)
-        else:
-            for chunk in iter_line_chunks(path, CHUNK_BYTES):
-                yield chunk, sum(map(len, chunk.lines))
-
-
-def _encoded(
-    work: Iterator[tuple[LineChunk | RecordChunk, int]],
-    encode: Callable[[LineChunk | RecordChunk], EncodedChunk],
-    workers: int,
-    init_args: tuple[str, str | None],
-) -> Iterator[tuple[EncodedChunk, int]]:
-    """Encode chunks in order, in `workers` spawned processes (or here when 0)."""
-    tokenizer_dir, template = init_args
-    if workers == 0:
-        init_worker(tokenizer_dir, None, template)
-        for chunk, size in work:
-            yield encode(chunk), size
-        return
-    # forkserver, not fork: a fork of this process would inherit whatever
-    # threads it runs (torch's, the tokenizers pool, which the library then
-    # disables in the child). Workers fork from a clean server process that
-    # imported __main__ once, so they start in milliseconds.
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    pool = ProcessPoolExecutor(
-        workers,
-        mp_context=multiprocessing.get_context("forkserver"),
-        initializer=init_worker,
-        initargs=(tokenizer_dir, threads, template),
-    )
-    try:
-        pending: deque = deque()
-        for chunk, size in work:
-            pending.append((pool.submit(encode, chunk), size))
-            if len(pending) >= 2 * workers:
-                future, done_size = pending.popleft()
-                yield future.result(), done_size
-        while pending:
-            future, done_size = pending.popleft()
-            yield future.result(), done_size
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def preprocess(
     inputs: list[str],
     tokenizer_dir: str,
@@ -282,8 +210,8 @@ def preprocess(
         file=sys.stderr,
     )
     with bar, AtomicIndexedWriter(output_prefix, dtype) as writer:
-        for chunk, size in _encoded(
-            _chunks(inputs, fmt), encode, workers, (tokenizer_dir, template)
+        for chunk, size in encode_in_order(
+            input_chunks(inputs, fmt), encode, workers, tokenizer_dir, template
         ):
             for location, kind, detail in chunk.bad:
                 stats.errors.add(location, BadRecord(kind, detail))

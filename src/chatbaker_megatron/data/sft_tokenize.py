@@ -14,7 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from chatbaker_megatron.data.corpus import BadRecord
-from chatbaker_megatron.data.templates import ChatTemplate, Message, render_conversation
+from chatbaker_megatron.data.templates import (
+    ChatTemplate,
+    Message,
+    render_conversation,
+    render_prompt,
+)
 from chatbaker_megatron.data.tokenizer import ChatBakerTokenizer
 
 
@@ -75,6 +80,21 @@ def tokenize_conversation(
     if isinstance(result, BadRecord):
         raise result
     return result
+
+
+def encode_prompt(
+    tokenizer: ChatBakerTokenizer, template: ChatTemplate, messages: list[Message]
+) -> list[int]:
+    """Token ids of a serving prompt (conversation so far + assistant prefix); generate until eos.
+
+    Equal to the training tokens that precede the reply (tested), so the model
+    sees at serving time exactly what it was trained on.
+    """
+    return tokenizer.encode(
+        render_prompt(
+            template, messages, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token
+        )
+    )
 
 
 def turn_ends(targets: np.ndarray) -> np.ndarray:

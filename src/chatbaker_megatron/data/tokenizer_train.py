@@ -93,12 +93,13 @@ def train_tokenizer(
     template = load_template(chat_template)
     tally = ErrorTally(on_error)
     split = HeldOutSplit(heldout_fraction)
-    counter = {"train": 0}
+    train_docs = 0
 
     def training_texts() -> Iterator[str]:
+        nonlocal train_docs
         for doc in iter_documents(inputs, json_key, tally):
             if not split.is_held_out(doc.path, doc.text):
-                counter["train"] += 1
+                train_docs += 1
                 yield doc.text
 
     tokenizer = new_tokenizer()
@@ -110,12 +111,12 @@ def train_tokenizer(
         show_progress=show_progress,
     )
     tokenizer.train_from_iterator(training_texts(), trainer=trainer)
-    if counter["train"] == 0:
+    if train_docs == 0:
         raise ValueError(f"no training documents in {', '.join(inputs)}")
     output_dir = Path(output_dir)
     save_tokenizer_dir(tokenizer, output_dir, chat_template_jinja(template))
     fertility = measure_fertility(tokenizer, split.held_out)
-    return TrainResult(tokenizer, output_dir, counter["train"], fertility, tally)
+    return TrainResult(tokenizer, output_dir, train_docs, fertility, tally)
 
 
 def save_tokenizer_dir(tokenizer: Tokenizer, output_dir: Path, chat_template: str) -> None:

@@ -1,26 +1,40 @@
 """Kernel dispatch: the one place that decides which implementation runs each fused op.
 
-The model's spec asks this module for the RMSNorm function and the core
-attention function of a named backend (config `model.kernels.norm` /
-`model.kernels.attention`). `auto` resolves to the most preferred available
-backend; naming an unavailable backend raises `KernelBackendError` at startup.
+The model's spec asks this module for the RMSNorm and core-attention builders
+of a named backend (config `model.kernels.norm` / `model.kernels.attention`).
+`auto` resolves to the most preferred available backend, in the order
 
-Functional contracts (every backend implements exactly these):
+    te -> flash (attention) -> apex (norm) -> cuda (norm) -> triton -> torch
+
+and is always `torch` on a machine without CUDA (the Triton interpreter and
+other CPU fallbacks are for tests, not speed). Naming a backend that is
+unknown for the op or not available here raises `KernelBackendError` at
+startup with what it needs; there is no silent fallback.
+
+Functional contracts (every backend except `te` implements exactly these;
+`te` runs as megatron's own Transformer Engine modules, see `norm_spec`):
 
 - norm:      fn(x[..., H], weight[H], eps) -> y[..., H]  (dtype of x)
+- add_norm:  fn(x, residual, weight, eps) -> (norm(x + residual), x + residual)
 - attention: fn(q, k, v, *, softmax_scale, cu_seqlens=None, max_seqlen=None) -> out
     dense:  q [b, s, hq, d], k/v [b, s, hkv, d], causal
     varlen: q [t, hq, d], k/v [t, hkv, d], cu_seqlens int32 [n+1], causal
             within each sequence, no attention across sequence boundaries.
   hq must be a multiple of hkv (GQA).
+
+Availability checks only look for installed modules (`importlib.util.find_spec`)
+and CUDA; a backend's libraries are imported the first time its op is used.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +44,9 @@ from chatbaker_megatron.config.model import KernelsConfig
 log = logging.getLogger(__name__)
 
 NormFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+AddNormFn = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]
+]
 AttentionFn = Callable[..., torch.Tensor]
 
 
@@ -87,12 +104,174 @@ def torch_attention(
     return out.squeeze(0).transpose(0, 1)
 
 
-# backend -> (is_available, function). Order is the `auto` preference order.
-NORM_BACKENDS: dict[str, tuple[Callable[[], bool], NormFn]] = {
-    "torch": (lambda: True, torch_rms_norm),
+def torch_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference pre-norm step: (norm(x + residual), x + residual)."""
+    h = x + residual
+    return torch_rms_norm(h, weight, eps), h
+
+
+class NormOps(NamedTuple):
+    norm: NormFn
+    add_norm: AddNormFn
+
+
+def _add_then_norm(norm: NormFn) -> AddNormFn:
+    """add_norm for a backend whose kernel has no fused residual add."""
+
+    def add_norm(
+        x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = x + residual
+        return norm(h, weight, eps), h
+
+    return add_norm
+
+
+# ---- loaders: import a backend's library the first time its op is asked for ----
+
+
+@functools.cache
+def _torch_norm_ops() -> NormOps:
+    return NormOps(torch_rms_norm, torch_add_rms_norm)
+
+
+@functools.cache
+def _triton_norm_ops() -> NormOps:
+    from chatbaker_kernels import triton_rmsnorm
+
+    return NormOps(triton_rmsnorm.rms_norm, triton_rmsnorm.add_rms_norm)
+
+
+@functools.cache
+def _cuda_norm_ops() -> NormOps:
+    from chatbaker_kernels import cuda_rmsnorm
+
+    return NormOps(cuda_rmsnorm.rms_norm, cuda_rmsnorm.add_rms_norm)
+
+
+@functools.cache
+def _apex_norm_ops() -> NormOps:
+    from apex.normalization.fused_layer_norm import (
+        fused_rms_norm_affine,
+        mixed_dtype_fused_rms_norm_affine,
+    )
+
+    def apex_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        if weight.dtype == x.dtype:
+            return fused_rms_norm_affine(x, weight, weight.shape, eps)
+        # apex's mixed-dtype kernel returns the weight's dtype; the contract is x's.
+        return mixed_dtype_fused_rms_norm_affine(x, weight, weight.shape, eps).to(x.dtype)
+
+    return NormOps(apex_rms_norm, _add_then_norm(apex_rms_norm))
+
+
+@functools.cache
+def _torch_attention() -> AttentionFn:
+    return torch_attention
+
+
+@functools.cache
+def _triton_attention() -> AttentionFn:
+    from chatbaker_kernels.triton_attention import flash_attention
+
+    return flash_attention
+
+
+@functools.cache
+def _flash_attention() -> AttentionFn:
+    from flash_attn import flash_attn_func, flash_attn_varlen_func
+
+    def flash_attention(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        softmax_scale: float,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+    ) -> torch.Tensor:
+        if cu_seqlens is None:
+            return flash_attn_func(q, k, v, softmax_scale=softmax_scale, causal=True)
+        if max_seqlen is None:
+            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max().item())
+        return flash_attn_varlen_func(
+            q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
+            softmax_scale=softmax_scale, causal=True,
+        )  # fmt: skip
+
+    return flash_attention
+
+
+# ---- availability: cheap checks, nothing imported ----
+
+
+def _installed(module: str) -> bool:
+    """Whether a top-level module can be imported, without importing it."""
+    return importlib.util.find_spec(module) is not None
+
+
+def _cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def _triton_runs_here() -> bool:
+    # Off the GPU, Triton kernels run only in its interpreter, which reads
+    # TRITON_INTERPRET once, when triton is first imported.
+    return _installed("triton") and (_cuda() or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def _cuda_extension_built() -> bool:
+    from chatbaker_kernels import cuda_rmsnorm
+
+    return cuda_rmsnorm.is_available()
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation of an op: whether it runs here, what it needs, how to get it."""
+
+    available: Callable[[], bool]
+    requires: str  # what `available` checks, for the error message
+    # The functional op(s); None for `te`, which runs as megatron's TE modules.
+    load: Callable[[], object] | None
+
+
+_TE = Backend(
+    lambda: _cuda() and _installed("transformer_engine"),
+    "CUDA and transformer_engine (pip install transformer-engine[pytorch])",
+    None,
+)
+_TRITON_NEEDS = (
+    "triton and CUDA (on CPU: TRITON_INTERPRET=1 set before triton is imported; slow, for tests)"
+)
+
+# Order is the `auto` preference order.
+NORM_BACKENDS: dict[str, Backend] = {
+    "te": _TE,
+    "apex": Backend(
+        lambda: _cuda() and _installed("apex") and _installed("fused_layer_norm_cuda"),
+        "CUDA and apex built with its CUDA extensions (fused_layer_norm_cuda)",
+        _apex_norm_ops,
+    ),
+    "cuda": Backend(
+        lambda: _cuda() and _cuda_extension_built(),
+        "CUDA and the chatbaker_kernels._cuda_rmsnorm extension (built by setup.py on a CUDA machine)",
+        _cuda_norm_ops,
+    ),
+    "triton": Backend(_triton_runs_here, _TRITON_NEEDS, _triton_norm_ops),
+    "torch": Backend(lambda: True, "nothing", _torch_norm_ops),
 }
-ATTENTION_BACKENDS: dict[str, tuple[Callable[[], bool], AttentionFn]] = {
-    "torch": (lambda: True, torch_attention),
+ATTENTION_BACKENDS: dict[str, Backend] = {
+    "te": _TE,
+    "flash": Backend(
+        lambda: _cuda() and _installed("flash_attn"),
+        "CUDA and flash-attn 2 (pip install flash-attn); fp16/bf16 inputs only",
+        _flash_attention,
+    ),
+    "triton": Backend(_triton_runs_here, _TRITON_NEEDS, _triton_attention),
+    "torch": Backend(lambda: True, "nothing", _torch_attention),
 }
 
 
@@ -102,16 +281,24 @@ class ResolvedKernels:
     norm: str
 
 
-def _resolve(op: str, requested: str, table: dict) -> str:
-    if requested == "auto":
-        return next(name for name, (available, _fn) in table.items() if available())
-    if requested not in table:
+def _backend(op: str, name: str, table: dict[str, Backend]) -> Backend:
+    if name not in table:
         raise KernelBackendError(
-            f"model.kernels.{op}={requested!r}: unknown backend; expected auto or one of {sorted(table)}"
+            f"model.kernels.{op}={name!r}: no such {op} backend; expected auto or one of {list(table)}"
         )
-    if not table[requested][0]():
+    return table[name]
+
+
+def _resolve(op: str, requested: str, table: dict[str, Backend]) -> str:
+    if requested == "auto":
+        if not _cuda():
+            return "torch"
+        return next(name for name, backend in table.items() if backend.available())
+    backend = _backend(op, requested, table)
+    if not backend.available():
         raise KernelBackendError(
-            f"model.kernels.{op}={requested!r}: that backend is not available on this machine"
+            f"model.kernels.{op}={requested!r} is not available on this machine: "
+            f"it needs {backend.requires}"
         )
     return requested
 
@@ -122,20 +309,42 @@ def resolve_kernels(cfg: KernelsConfig) -> ResolvedKernels:
         attention=_resolve("attention", cfg.attention, ATTENTION_BACKENDS),
         norm=_resolve("norm", cfg.norm, NORM_BACKENDS),
     )
-    log.info("kernels: attention=%s norm=%s", resolved.attention, resolved.norm)
+    log.info(
+        "kernels: attention=%s (configured %s), norm=%s (configured %s)",
+        resolved.attention, cfg.attention, resolved.norm, cfg.norm,
+    )  # fmt: skip
     return resolved
 
 
+def _load(op: str, backend: str, table: dict[str, Backend]) -> object:
+    entry = _backend(op, backend, table)
+    if entry.load is None:
+        raise KernelBackendError(
+            f"the {backend!r} {op} backend runs as megatron's Transformer Engine module, "
+            f"not as a function: build the layer from {op}_spec({backend!r})"
+        )
+    return entry.load()
+
+
 def norm_fn(backend: str) -> NormFn:
-    return NORM_BACKENDS[backend][1]
+    return _load("norm", backend, NORM_BACKENDS).norm
+
+
+def add_norm_fn(backend: str) -> AddNormFn:
+    return _load("norm", backend, NORM_BACKENDS).add_norm
 
 
 def attention_fn(backend: str) -> AttentionFn:
-    return ATTENTION_BACKENDS[backend][1]
+    return _load("attention", backend, ATTENTION_BACKENDS)
 
 
 def norm_spec(backend: str) -> Callable[..., torch.nn.Module]:
     """The norm builder for the layer spec (megatron calls it with config, hidden_size, eps)."""
+    _backend("norm", backend, NORM_BACKENDS)
+    if backend == "te":
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        return TENorm
     from chatbaker_megatron.model.layers import RMSNorm
 
     return functools.partial(RMSNorm, backend=backend)
@@ -143,6 +352,11 @@ def norm_spec(backend: str) -> Callable[..., torch.nn.Module]:
 
 def core_attention_spec(backend: str) -> Callable[..., torch.nn.Module]:
     """The core-attention builder for the layer spec (megatron's DotProductAttention contract)."""
+    _backend("attention", backend, ATTENTION_BACKENDS)
+    if backend == "te":
+        from megatron.core.extensions.transformer_engine import TEDotProductAttention
+
+        return TEDotProductAttention
     from chatbaker_megatron.model.layers import CoreAttention
 
     return functools.partial(CoreAttention, backend=backend)

@@ -29,7 +29,7 @@ _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
 GLU_WEIGHT_SUFFIX = "mlp.linear_fc1.weight"
 
 
-def _unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
+def unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
     """The GPTModel inside DDP / Float16Module wrappers."""
     while hasattr(chunk, "module") and not hasattr(chunk, "decoder"):
         chunk = chunk.module
@@ -41,7 +41,7 @@ def named_global_parameters(
 ) -> Iterator[tuple[str, torch.nn.Parameter]]:
     """(global name, parameter) for every parameter of this rank's chunks."""
     for chunk in chunks:
-        model = _unwrap(chunk)
+        model = unwrap(chunk)
         for name, param in model.named_parameters():
             match = _LAYER.match(name)
             if match:

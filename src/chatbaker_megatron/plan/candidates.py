@@ -113,9 +113,7 @@ def _same_layout(a: ParallelConfig, b: ParallelConfig) -> bool:
     return all(getattr(a, knob) == getattr(b, knob) for knob in KNOBS)
 
 
-def evaluate(
-    cfg: RunConfig, par: ParallelConfig, work: Workload, assume: Assumptions
-) -> Candidate:
+def evaluate(cfg: RunConfig, par: ParallelConfig, work: Workload, assume: Assumptions) -> Candidate:
     cluster = cfg.cluster
     dp = cluster.world_size // (par.tp * par.pp)
     memory = peak_memory(work, par, dp, assume)

@@ -14,9 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides, e.g. experiment=plm_7b_a100x256"
     )
-    parser.add_argument(
-        "--top", type=int, default=10, help="layouts to show (0 = all); default 10"
-    )
+    parser.add_argument("--top", type=int, default=10, help="layouts to show (0 = all); default 10")
     parser.add_argument(
         "--json",
         action="store_true",

@@ -188,7 +188,9 @@ class ScheduleRecorder:
             pending[id(output)] = (chunk, microbatch)
             return result
 
-        def recorded_backward(input_tensor, output_tensor, output_tensor_grad, config):  # noqa: ANN001, ANN202
+        def recorded_backward(
+            input_tensor: Any, output_tensor: Any, output_tensor_grad: Any, config: Any
+        ) -> Any:
             output = output_tensor[0] if isinstance(output_tensor, list) else output_tensor
             chunk, microbatch = pending.pop(id(output))
             start = time.perf_counter()

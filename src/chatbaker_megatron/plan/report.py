@@ -56,7 +56,9 @@ def candidate_dict(candidate: Candidate, base: list[str]) -> dict[str, Any]:
 def shown(candidates: list[Candidate], top: int) -> list[tuple[int, Candidate]]:
     """The top `top` (all when 0), plus the configured layout wherever it ranks."""
     picked = list(enumerate(candidates[: top or len(candidates)], start=1))
-    picked += [(i, c) for i, c in enumerate(candidates, start=1) if c.configured and i > len(picked)]
+    picked += [
+        (i, c) for i, c in enumerate(candidates, start=1) if c.configured and i > len(picked)
+    ]
     return picked
 
 
@@ -93,9 +95,7 @@ def plan_dict(
         "assumptions": vars(assume),
         "searched": len(candidates),
         "fitting": sum(c.fits for c in candidates),
-        "candidates": [
-            {"rank": i, **candidate_dict(c, base)} for i, c in shown(candidates, top)
-        ],
+        "candidates": [{"rank": i, **candidate_dict(c, base)} for i, c in shown(candidates, top)],
     }
 
 

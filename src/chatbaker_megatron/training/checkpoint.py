@@ -12,7 +12,8 @@ checkpoint; leftover `.tmp` directories are removed at the next save.
 
 What is saved: the model (per-tensor sharded, so it loads at any TP/PP/VPP),
 the optimizer (megatron's `fully_reshardable` format, so it loads at any
-TP/PP/DP and with or without the distributed optimizer), the LR scheduler,
+TP/PP/DP; the distributed optimizer's state loads only into a distributed
+optimizer, and likewise for the local one), the LR scheduler,
 the training state (iteration, consumed samples, skipped steps), the RNG
 states of every rank and the run's config.
 """
@@ -31,6 +32,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
+from chatbaker_megatron.model.sharding import unwrap
 from chatbaker_megatron.training.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -124,8 +126,14 @@ def _topology() -> dict[str, int]:
     }
 
 
+def _uses_distributed_optimizer(engine: Engine) -> bool:
+    return bool(engine.chunks[0].ddp_config.use_distributed_optimizer)
+
+
 def _model_state(engine: Engine) -> dict[str, Any]:
-    return {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(engine.chunks)}
+    # Keyed on the bare GPTModels: the DDP / Float16Module wrappers would add
+    # "module." prefixes that tie checkpoints to the wrapping.
+    return {f"model{i}": unwrap(chunk).sharded_state_dict() for i, chunk in enumerate(engine.chunks)}
 
 
 def _materialize_optimizer_state(engine: Engine) -> None:
@@ -169,12 +177,15 @@ def save_checkpoint(
             shutil.rmtree(final)
         os.makedirs(tmp)
     dist.barrier()
+    # A seed checkpoint (0 iterations) has an optimizer without state yet.
+    _materialize_optimizer_state(engine)
     sharded = _model_state(engine)
     sharded["optimizer"] = engine.optimizer.sharded_state_dict(sharded, metadata=OPTIMIZER_FORMAT)
     sharded["scheduler"] = engine.scheduler.state_dict()
     sharded["train_state"] = asdict(state)
     sharded["config"] = config
     sharded["topology"] = _topology()
+    sharded["optimizer_kind"] = "distributed" if _uses_distributed_optimizer(engine) else "local"
     sharded["rng_state"] = _rng_sharded_object()
     dist_checkpointing.save(sharded, tmp)
     dist.barrier()
@@ -215,12 +226,19 @@ def load_checkpoint(path: str, engine: Engine, *, weights_only: bool = False) ->
         sharded["optimizer"] = engine.optimizer.sharded_state_dict(
             sharded, is_loading=True, metadata=OPTIMIZER_FORMAT
         )
+        saved_zero1 = common["optimizer_kind"] == "distributed"
+        if saved_zero1 != _uses_distributed_optimizer(engine):
+            raise CheckpointError(
+                f"{path} holds {common['optimizer_kind']} optimizer state but this run uses "
+                f"parallel.distributed_optimizer={not saved_zero1}; resume with the same setting "
+                "(any TP/PP/DP works), or start from the weights alone with train.init_from"
+            )
         same_topology = common.get("topology") == _topology()
         if same_topology:
             sharded["rng_state"] = _rng_sharded_object()
         loaded = dist_checkpointing.load(sharded, path)
     for i, chunk in enumerate(engine.chunks):
-        chunk.load_state_dict(loaded[f"model{i}"])
+        unwrap(chunk).load_state_dict(loaded[f"model{i}"])
     if weights_only:
         log.info("loaded model weights from %s", path)
         return TrainState()

@@ -138,7 +138,8 @@ def build_engine(
         chunks,
     )
     _wire_schedule_hooks(config, chunks, optimizer, overlap_grad_reduce)
-    decay_iters = optim.decay_iters or train_iters
+    # max(1, ...): a 0-iteration run (a seed checkpoint) still needs a valid schedule.
+    decay_iters = max(1, optim.decay_iters or train_iters)
     scheduler = OptimizerParamScheduler(
         optimizer,
         init_lr=0.0 if warmup_iters(optim, train_iters) else optim.lr,

@@ -56,6 +56,7 @@ class MetricsLogger:
         self._jsonl = None
         if not enabled:
             return
+        os.makedirs(run_dir, exist_ok=True)
         self._jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")  # noqa: SIM115
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter

@@ -1,0 +1,56 @@
+# chatbaker_megatron: `make demo` and `make test` work on a fresh machine
+# (they set up .venv first). See README.md.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# A Python >= 3.12 (megatron-core 0.19 needs it); override with PYTHON=/path/to/python3.12.
+PYTHON ?= $(shell scripts/find-python.sh)
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo lint format check-cuda lint-docker ci clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.py pyproject.toml constraints.txt
+	@test -n "$(PYTHON)" || { scripts/find-python.sh; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# Pinned versions: constraints.txt (regenerate with `pip freeze` after an upgrade).
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+# The whole suite. pytest exits 5 when it collected nothing: that is a failure here.
+test: setup
+	@set +e; $(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# Train the tiny model on the bundled Korean/English corpus on 2 CPU ranks:
+# 150 iterations, stop with a checkpoint, resume from it to 300.
+demo: setup
+	rm -rf runs/demo
+	$(BIN)/chatbaker train run_dir=runs/demo train.exit_interval=150
+	@echo "== stopped at iteration 150 with a checkpoint; resuming from it"
+	$(BIN)/chatbaker train run_dir=runs/demo
+	@echo "== metrics:     runs/demo/metrics.jsonl (TensorBoard: runs/demo/tensorboard)"
+	@echo "== checkpoints: runs/demo/checkpoints (latest -> $$(cat runs/demo/checkpoints/latest))"
+
+lint: setup
+	$(BIN)/ruff check src kernels tests benchmarks conf scripts
+	$(BIN)/ruff format --check src kernels tests benchmarks scripts
+
+format: setup
+	$(BIN)/ruff check --fix src kernels tests benchmarks scripts
+	$(BIN)/ruff format src kernels tests benchmarks scripts
+
+# Compile the CUDA kernels with nvcc for sm_80 and sm_90 (compile only; no GPU needed).
+check-cuda: setup
+	PYTHON=$(BIN)/python scripts/check-cuda.sh
+
+lint-docker: setup
+	$(BIN)/hadolint Dockerfile
+
+ci: test lint check-cuda lint-docker
+
+clean:
+	rm -rf runs multirun outputs .pytest_cache

@@ -1,0 +1,211 @@
+"""Tensor layouts of one LLaMA model in megatron-core and in Hugging Face `LlamaForCausalLM`.
+
+Pure tensor code (no megatron, no transformers): names and reshapes only.
+Megatron names are global and unsharded, as `model/sharding.py` defines them
+(`decoder.layers.3.self_attention.linear_qkv.weight`, TP=1 shapes).
+
+The differences between the two layouts:
+- QKV is one fused weight in megatron, ordered by query group:
+  for each of the `kv_heads` groups, its `heads // kv_heads` query heads,
+  then its key head, then its value head (`head_dim` rows each). HF keeps
+  q_proj / k_proj / v_proj, with query head i using key/value head
+  i // (heads // kv_heads) (transformers' `repeat_kv`), which is the same
+  grouping, so no head permutation is needed beyond the de-interleave.
+- The SwiGLU fc1 weight is [gate; up] in megatron, gate_proj / up_proj in HF.
+- The embedding and output layer are padded to a multiple of
+  128 * TP rows in megatron; HF holds exactly the tokenizer's vocabulary.
+- RoPE: both rotate the two halves of each head (non-interleaved
+  "rotate_half"), so q/k weights need no permutation; the parity tests
+  check this against transformers rather than assuming it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+EMBEDDING = "embedding.word_embeddings.weight"
+FINAL_NORM = "decoder.final_layernorm.weight"
+OUTPUT_LAYER = "output_layer.weight"
+QKV = "self_attention.linear_qkv.weight"
+FC1 = "mlp.linear_fc1.weight"
+
+HF_EMBEDDING = "model.embed_tokens.weight"
+HF_FINAL_NORM = "model.norm.weight"
+HF_OUTPUT_LAYER = "lm_head.weight"
+
+# Per-layer tensors that map one to one. The `layer_norm_weight` names are
+# the same norms when a Transformer Engine spec fuses them into the
+# following linear layer.
+LAYER_RENAMES = {
+    "input_layernorm.weight": "input_layernorm.weight",
+    "self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
+    "self_attention.linear_proj.weight": "self_attn.o_proj.weight",
+    "pre_mlp_layernorm.weight": "post_attention_layernorm.weight",
+    "mlp.linear_fc1.layer_norm_weight": "post_attention_layernorm.weight",
+    "mlp.linear_fc2.weight": "mlp.down_proj.weight",
+}
+QKV_PARTS = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight")
+FC1_PARTS = ("mlp.gate_proj.weight", "mlp.up_proj.weight")
+
+_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The shapes that decide how tensors are split and merged."""
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    ffn_hidden_size: int
+    vocab_size: int  # the tokenizer's, without padding
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"{self.num_heads} attention heads are not divisible by "
+                f"{self.num_kv_heads} key/value heads"
+            )
+
+    @property
+    def queries_per_group(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+
+class LayoutError(ValueError):
+    """A tensor name or shape that does not fit the LLaMA layout."""
+
+
+def split_qkv(weight: torch.Tensor, arch: Arch) -> tuple[torch.Tensor, ...]:
+    """Megatron's fused QKV [groups * (q + 2) * d, h] -> (q [heads*d, h], k, v [kv*d, h])."""
+    groups, q, d = arch.num_kv_heads, arch.queries_per_group, arch.head_dim
+    expected = (groups * (q + 2) * d, arch.hidden_size)
+    if tuple(weight.shape) != expected:
+        raise LayoutError(f"fused QKV weight has shape {tuple(weight.shape)}, expected {expected}")
+    grouped = weight.reshape(groups, q + 2, d, arch.hidden_size)
+    query = grouped[:, :q].reshape(groups * q * d, arch.hidden_size)
+    key = grouped[:, q].reshape(groups * d, arch.hidden_size)
+    value = grouped[:, q + 1].reshape(groups * d, arch.hidden_size)
+    return query.contiguous(), key.contiguous(), value.contiguous()
+
+
+def merge_qkv(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, arch: Arch
+) -> torch.Tensor:
+    """The inverse of split_qkv."""
+    groups, q, d, h = arch.num_kv_heads, arch.queries_per_group, arch.head_dim, arch.hidden_size
+    for name, tensor, rows in (
+        ("q", query, groups * q * d),
+        ("k", key, groups * d),
+        ("v", value, groups * d),
+    ):
+        if tuple(tensor.shape) != (rows, h):
+            raise LayoutError(
+                f"{name}_proj weight has shape {tuple(tensor.shape)}, expected {(rows, h)}"
+            )
+    grouped = torch.cat(
+        [
+            query.reshape(groups, q, d, h),
+            key.reshape(groups, 1, d, h),
+            value.reshape(groups, 1, d, h),
+        ],
+        dim=1,
+    )
+    return grouped.reshape(groups * (q + 2) * d, h)
+
+
+def split_fc1(weight: torch.Tensor, arch: Arch) -> tuple[torch.Tensor, torch.Tensor]:
+    """SwiGLU [gate; up] -> (gate, up)."""
+    expected = (2 * arch.ffn_hidden_size, arch.hidden_size)
+    if tuple(weight.shape) != expected:
+        raise LayoutError(f"fc1 weight has shape {tuple(weight.shape)}, expected {expected}")
+    gate, up = weight.chunk(2, dim=0)
+    return gate.contiguous(), up.contiguous()
+
+
+def resize_vocab(weight: torch.Tensor, rows: int, vocab_size: int) -> torch.Tensor:
+    """Keep the first `vocab_size` rows and zero-pad (or cut padding) to `rows` rows.
+
+    Rows past the tokenizer's vocabulary are padding: no token id reaches them.
+    """
+    if weight.shape[0] < vocab_size:
+        raise LayoutError(
+            f"vocabulary tensor has {weight.shape[0]} rows, fewer than the tokenizer's "
+            f"{vocab_size} tokens"
+        )
+    out = weight.new_zeros((rows, *weight.shape[1:]))
+    out[:vocab_size] = weight[:vocab_size]
+    return out
+
+
+def hf_layer_name(layer: int, suffix: str) -> str:
+    return f"model.layers.{layer}.{suffix}"
+
+
+def to_hf(name: str, tensor: torch.Tensor, arch: Arch) -> list[tuple[str, torch.Tensor]]:
+    """HF (name, tensor) pairs for one unsharded megatron tensor."""
+    if name == EMBEDDING:
+        return [(HF_EMBEDDING, tensor[: arch.vocab_size].contiguous())]
+    if name == OUTPUT_LAYER:
+        return [(HF_OUTPUT_LAYER, tensor[: arch.vocab_size].contiguous())]
+    if name == FINAL_NORM:
+        return [(HF_FINAL_NORM, tensor)]
+    match = _LAYER.match(name)
+    if match:
+        layer, suffix = int(match.group(1)), match.group(2)
+        if suffix == QKV:
+            return [
+                (hf_layer_name(layer, p), t) for p, t in zip(QKV_PARTS, split_qkv(tensor, arch))
+            ]
+        if suffix == FC1:
+            return [
+                (hf_layer_name(layer, p), t) for p, t in zip(FC1_PARTS, split_fc1(tensor, arch))
+            ]
+        if suffix in LAYER_RENAMES:
+            return [(hf_layer_name(layer, LAYER_RENAMES[suffix]), tensor)]
+    raise LayoutError(f"no Hugging Face LLaMA counterpart for megatron tensor {name!r}")
+
+
+def from_hf(
+    name: str, fetch: Callable[[str], torch.Tensor], arch: Arch, vocab_rows: int
+) -> torch.Tensor:
+    """The unsharded megatron tensor `name`, built from HF tensors read with `fetch(hf_name)`.
+
+    `vocab_rows` is the padded vocabulary of the megatron model.
+    """
+    if name == EMBEDDING:
+        return resize_vocab(fetch(HF_EMBEDDING), vocab_rows, arch.vocab_size)
+    if name == OUTPUT_LAYER:
+        return resize_vocab(fetch(HF_OUTPUT_LAYER), vocab_rows, arch.vocab_size)
+    if name == FINAL_NORM:
+        return fetch(HF_FINAL_NORM)
+    match = _LAYER.match(name)
+    if match:
+        layer, suffix = int(match.group(1)), match.group(2)
+        if suffix == QKV:
+            return merge_qkv(*(fetch(hf_layer_name(layer, p)) for p in QKV_PARTS), arch)
+        if suffix == FC1:
+            return torch.cat([fetch(hf_layer_name(layer, p)) for p in FC1_PARTS], dim=0)
+        if suffix in LAYER_RENAMES:
+            return fetch(hf_layer_name(layer, LAYER_RENAMES[suffix]))
+    raise LayoutError(f"no Hugging Face LLaMA counterpart for megatron tensor {name!r}")
+
+
+def hf_names(arch: Arch) -> list[str]:
+    """Every tensor name of the HF checkpoint, in the order export writes them."""
+    per_layer = [
+        "input_layernorm.weight",
+        *QKV_PARTS,
+        "self_attn.o_proj.weight",
+        "post_attention_layernorm.weight",
+        *FC1_PARTS,
+        "mlp.down_proj.weight",
+    ]
+    layers = [hf_layer_name(i, s) for i in range(arch.num_layers) for s in per_layer]
+    return [HF_EMBEDDING, *layers, HF_FINAL_NORM, HF_OUTPUT_LAYER]

@@ -1,0 +1,8 @@
+"""Evaluation with lm-evaluation-harness on an exported Hugging Face folder.
+
+suites.py      which tasks --tasks names; the local sample tasks in tasks/
+metrics.py     the macro F1 aggregation the local KoBEST tasks use
+runner.py      lm-eval's simple_evaluate with HFLM
+report.py      results table (markdown + json) and bar chart, with references.py
+cli.py         `chatbaker eval`
+"""

@@ -1,0 +1,198 @@
+"""Models that generate: our megatron GPTModel from a training checkpoint, or an HF folder.
+
+Both keep a KV cache and expose one call, `forward(ids, start)`: run `ids`
+at positions start, start+1, ... on top of the cached positions < start and
+return the logits of the last one. Starting below the cached length
+overwrites the cache from there, so a chat turn only runs the tokens that
+changed since the last turn.
+
+Megatron: megatron-core's own KV cache (`StaticInferenceContext`) on
+GPTModel, in one process at TP=1, PP=1. One thing is added: megatron hands
+core attention the cached keys (longer than the new queries) and expects
+the attention to align the causal mask to the end, while our CoreAttention
+(model/layers.py) only handles equal lengths, as training needs. `CachedAttention`
+wraps it for the longer-keys case; equal lengths still run CoreAttention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from chatbaker_megatron.data.templates import ChatTemplate
+from chatbaker_megatron.data.tokenizer import ChatBakerTokenizer, load_tokenizer
+
+
+class Backend(Protocol):
+    tokenizer: ChatBakerTokenizer
+    max_length: int  # positions the model can attend over
+    template: ChatTemplate | None  # the chat template the model was fine-tuned with, if known
+
+    def forward(self, ids: list[int], start: int) -> torch.Tensor:
+        """Logits [vocab] after `ids` placed at positions start.. (the cache holds < start)."""
+        ...
+
+
+class CachedAttention(torch.nn.Module):
+    """Causal attention of new queries over cached + new keys ([s, b, heads, dim] layout)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        attn_mask_type: object = None,
+        attention_bias: torch.Tensor | None = None,
+        packed_seq_params: object = None,
+    ) -> torch.Tensor:
+        if query.shape[0] == key.shape[0]:
+            return self.inner(
+                query,
+                key,
+                value,
+                attention_mask,
+                attn_mask_type=attn_mask_type,
+                attention_bias=attention_bias,
+                packed_seq_params=packed_seq_params,
+            )
+        from torch.nn.attention.bias import causal_lower_right
+
+        # [s, b, h, d] -> [b, h, s, d]; query i sits at position (keys - queries + i).
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        mask = causal_lower_right(query.shape[0], key.shape[0])
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            scale=self.inner.softmax_scale,
+            enable_gqa=q.shape[1] != k.shape[1],
+        )
+        return out.permute(2, 0, 1, 3).reshape(query.shape[0], query.shape[1], -1)
+
+
+class MegatronBackend:
+    """A GPTModel (TP=1, PP=1) loaded from a training checkpoint, with megatron's KV cache."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: ChatBakerTokenizer,
+        max_length: int,
+        template: ChatTemplate | None = None,
+    ) -> None:
+        from megatron.core.inference.contexts import StaticInferenceContext
+
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.template = template
+        self.device = next(model.parameters()).device
+        for layer in model.decoder.layers:
+            attention = layer.self_attention
+            if not isinstance(attention.core_attention, CachedAttention):
+                attention.core_attention = CachedAttention(attention.core_attention)
+        self.context = StaticInferenceContext(max_batch_size=1, max_sequence_length=max_length)
+
+    @torch.no_grad()
+    def forward(self, ids: list[int], start: int) -> torch.Tensor:
+        end = start + len(ids)
+        if not ids or end > self.max_length:
+            raise ValueError(f"positions {start}..{end} exceed the model's {self.max_length}")
+        self.context.sequence_len_offset = start
+        tokens = torch.tensor([ids], dtype=torch.long, device=self.device)
+        positions = torch.arange(start, end, device=self.device)[None]
+        logits = self.model(tokens, positions, None, inference_context=self.context)
+        # The output layer is padded past the tokenizer's vocabulary.
+        return logits[0, -1, : self.tokenizer.vocab_size]
+
+
+class HFBackend:
+    """A transformers LlamaForCausalLM folder, with transformers' DynamicCache."""
+
+    def __init__(self, hf_dir: str | Path, dtype: torch.dtype = torch.float32) -> None:
+        from transformers import LlamaForCausalLM
+
+        from chatbaker_megatron import platform
+        from chatbaker_megatron.convert.tokenizer_files import read_template
+
+        hf_dir = Path(hf_dir).expanduser()
+        if not (hf_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{hf_dir}: no config.json (not a Hugging Face model folder)")
+        self.device = platform.detect().device
+        self.model = (
+            LlamaForCausalLM.from_pretrained(str(hf_dir), dtype=dtype).to(self.device).eval()
+        )
+        self.tokenizer = load_tokenizer(hf_dir)
+        self.max_length = int(self.model.config.max_position_embeddings)
+        self.template = read_template(hf_dir)
+        self._cache = None
+
+    @torch.no_grad()
+    def forward(self, ids: list[int], start: int) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        end = start + len(ids)
+        if not ids or end > self.max_length:
+            raise ValueError(f"positions {start}..{end} exceed the model's {self.max_length}")
+        if self._cache is None or start == 0:
+            self._cache = DynamicCache(config=self.model.config)
+        elif self._cache.get_seq_length() > start:
+            # A negative count removes that many positions (transformers 4.x and 5.x alike).
+            self._cache.crop(start - self._cache.get_seq_length())
+        tokens = torch.tensor([ids], dtype=torch.long, device=self.device)
+        positions = torch.arange(start, end, device=self.device)[None]
+        out = self.model(
+            input_ids=tokens, position_ids=positions, past_key_values=self._cache, use_cache=True
+        )
+        return out.logits[0, -1]
+
+
+def load_megatron_backend(
+    checkpoint: str | Path, tokenizer_dir: str | Path | None = None
+) -> MegatronBackend:
+    """Our model from a training checkpoint (any saved TP/PP), in this process at TP=1, PP=1."""
+    from chatbaker_megatron import platform
+    from chatbaker_megatron.config.model import KernelsConfig
+    from chatbaker_megatron.config.parallel import ParallelConfig
+    from chatbaker_megatron.convert.export_hf import (
+        checkpoint_chat_template,
+        checkpoint_tokenizer_dir,
+    )
+    from chatbaker_megatron.convert.layout import EMBEDDING, OUTPUT_LAYER, resize_vocab
+    from chatbaker_megatron.convert.reader import MegatronCheckpoint
+    from chatbaker_megatron.convert.world import single_process_model_parallel
+    from chatbaker_megatron.model.llama import build_model, padded_vocab_size
+    from chatbaker_megatron.model.sharding import load_full_state
+
+    single_process_model_parallel()
+    source = MegatronCheckpoint(checkpoint)
+    tok_dir = (
+        Path(tokenizer_dir)
+        if tokenizer_dir
+        else checkpoint_tokenizer_dir(source.config, str(source.path))
+    )
+    tokenizer = load_tokenizer(tok_dir)
+    # Kernels are the serving machine's choice, whatever the training machine had.
+    model_cfg = replace(source.model, kernels=KernelsConfig())
+    max_length = model_cfg.max_position_embeddings
+    (model,) = build_model(
+        model_cfg, ParallelConfig(), vocab_size=tokenizer.vocab_size, max_sequence_length=max_length
+    )
+    state = source.full_state()
+    # The checkpoint's vocabulary padding follows the TP it was trained at.
+    rows = padded_vocab_size(tokenizer.vocab_size, model_cfg.make_vocab_size_divisible_by, 1)
+    for name in (EMBEDDING, OUTPUT_LAYER):
+        state[name] = resize_vocab(state[name], rows, tokenizer.vocab_size)
+    load_full_state([model], state)
+    model.to(platform.detect().device)
+    return MegatronBackend(model, tokenizer, max_length, checkpoint_chat_template(source.config))

@@ -1,0 +1,155 @@
+"""End-to-end pretraining through the real Trainer on the bundled corpus.
+
+Every topology starts from one seed checkpoint (a 0-iteration run), so the
+loss curves must match the single-rank run; checkpoints must resume
+bit-exactly on the same topology and reshard across topologies with model
+and optimizer state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from chatbaker_megatron.config.compose import compose
+from chatbaker_megatron.data.prepare import prepare_demo_data
+from chatbaker_megatron.model.sharding import full_state
+from chatbaker_megatron.training.checkpoint import latest_checkpoint, read_common
+from chatbaker_megatron.training.trainer import Trainer, checkpoint_dir
+
+STEPS = 6
+# fp32 on the real data; the curves differ only in reduction order.
+LOSS_TOL = {"atol": 2e-5, "rtol": 0.0}
+
+
+def base_overrides(data_root: str, run_dir: str, world: int) -> list[str]:
+    return [
+        "data=demo",
+        f"data.root={data_root}",
+        f"run_dir={run_dir}",
+        f"cluster.devices_per_node={world}",
+        "train.seq_length=64",
+        "train.global_batch_size=8",
+        f"train.train_iters={STEPS}",
+        "train.eval_interval=0",
+        "parallel.micro_batch_size=2",
+        "logging.log_interval=1",
+        "logging.tensorboard=false",
+        "checkpoint.save_interval=null",
+        "optim.warmup_iters=1",
+    ]
+
+
+def losses(run_dir: str) -> list[float]:
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        return [r["loss"] for r in map(json.loads, f) if "loss" in r]
+
+
+def run_trainer(overrides: list[str], return_weights: bool = False) -> dict | None:
+    """Body run on every rank: train per the overrides; rank 0 reports."""
+    cfg = compose(overrides)
+    trainer = Trainer(cfg, dataclasses.asdict(cfg))
+    state = trainer.run()
+    weights = full_state(trainer.engine.chunks) if return_weights else None
+    if torch.distributed.get_rank() != 0:
+        return None
+    return {"state": dataclasses.asdict(state), "weights": weights}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp("demo_data"))
+    prepare_demo_data(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def seed_ckpt(ranks, data_root, tmp_path_factory) -> str:
+    run_dir = str(tmp_path_factory.mktemp("seed"))
+    ranks.run(1, run_trainer, base_overrides(data_root, run_dir, 1) + ["train.train_iters=0", "optim.warmup_iters=0"])
+    return os.path.join(run_dir, "checkpoints")
+
+
+@pytest.fixture(scope="module")
+def reference(ranks, data_root, seed_ckpt, tmp_path_factory) -> dict:
+    run_dir = str(tmp_path_factory.mktemp("ref"))
+    overrides = base_overrides(data_root, run_dir, 1) + ["parallel=single", f"train.init_from={seed_ckpt}"]
+    result = ranks.run(1, run_trainer, overrides, True)[0]
+    return {"losses": losses(run_dir), "weights": result["weights"], "run_dir": run_dir}
+
+
+def test_seed_checkpoint_is_iteration_zero(seed_ckpt):
+    common = read_common(latest_checkpoint(seed_ckpt))
+    assert common["train_state"]["iteration"] == 0
+    assert common["topology"] == {"tp": 1, "pp": 1, "dp": 1, "vpp": 1}
+
+
+def test_reference_learns(reference):
+    assert len(reference["losses"]) == STEPS
+    assert reference["losses"][-1] < reference["losses"][0] - 0.1
+
+
+TOPOLOGIES = {
+    "tp2": ["parallel=tp2"],
+    "pp2": ["parallel=pp2"],
+    "pp2_vpp2": ["parallel=pp2_vpp2"],
+    "dp2_distributed_optimizer": ["parallel=dp2", "parallel.distributed_optimizer=true"],
+}
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_two_rank_curve_matches_single_rank(ranks, data_root, seed_ckpt, reference, tmp_path, topology):
+    overrides = base_overrides(data_root, str(tmp_path), 2) + TOPOLOGIES[topology]
+    ranks.run(2, run_trainer, [*overrides, f"train.init_from={seed_ckpt}"])
+    torch.testing.assert_close(losses(str(tmp_path)), reference["losses"], **LOSS_TOL)
+
+
+def test_resume_is_bit_exact(ranks, data_root, seed_ckpt, tmp_path):
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    common = ["parallel=tp2", f"train.init_from={seed_ckpt}"]
+    ranks.run(2, run_trainer, base_overrides(data_root, straight, 2) + common)
+    ranks.run(2, run_trainer, base_overrides(data_root, split, 2) + [*common, "train.exit_interval=3"])
+    assert latest_checkpoint(os.path.join(split, "checkpoints")).endswith("iter_0000003")
+    ranks.run(2, run_trainer, base_overrides(data_root, split, 2) + common)
+    assert losses(split) == losses(straight)
+
+
+def test_eight_ranks_and_resharding(ranks, data_root, seed_ckpt, reference, tmp_path):
+    """TP2 x PP2 x DP2 on 8 ranks matches single rank; its mid-run checkpoint
+    (model + optimizer) continues identically at TP1 PP1 DP1 and TP1 PP2 DP4."""
+    source = str(tmp_path / "tp2_pp2_dp2")
+    overrides = base_overrides(data_root, source, 8) + [
+        "parallel=tp2_pp2_dp2",
+        f"train.init_from={seed_ckpt}",
+        "checkpoint.save_interval=3",
+        "checkpoint.keep_last=5",
+    ]
+    ranks.run(8, run_trainer, overrides)
+    torch.testing.assert_close(losses(source), reference["losses"], **LOSS_TOL)
+    mid = os.path.join(source, "checkpoints", "iter_0000003")
+
+    zero1 = "parallel.distributed_optimizer=true"
+    targets = [("tp1_pp1_dp1", 1, ["parallel=single", zero1]), ("tp1_pp2_dp4", 8, ["parallel=pp2", zero1])]
+    for name, world, parallel in targets:
+        target = str(tmp_path / name)
+        os.makedirs(os.path.join(target, "checkpoints"))
+        shutil.copytree(mid, os.path.join(target, "checkpoints", "iter_0000003"))
+        with open(os.path.join(target, "checkpoints", "latest"), "w", encoding="utf-8") as f:
+            f.write("iter_0000003\n")
+        result = ranks.run(world, run_trainer, base_overrides(data_root, target, world) + parallel, True)[0]
+        torch.testing.assert_close(
+            losses(target), losses(source)[3:], **LOSS_TOL, msg=lambda m, n=name: f"{n}: {m}"
+        )
+        for key, tensor in reference["weights"].items():
+            torch.testing.assert_close(result["weights"][key], tensor, atol=2e-4, rtol=0, msg=f"{name} {key}")
+    ranks.close(8)
+
+
+def test_checkpoint_dir_default(data_root, tmp_path):
+    cfg = compose(base_overrides(data_root, str(tmp_path), 2))
+    assert checkpoint_dir(cfg) == os.path.join(str(tmp_path), "checkpoints")
