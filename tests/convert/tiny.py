@@ -128,13 +128,13 @@ def layout_logits(chunks: list[torch.nn.Module], batch: torch.Tensor) -> torch.T
     return torch.cat(list(collected), dim=0) if collected else None
 
 
-def _engine(cfg: ParallelConfig):  # noqa: ANN202 - training's Engine
+def _engine(cfg: ParallelConfig, model: ModelConfig = TINY):  # noqa: ANN202 - training's Engine
     from chatbaker_megatron import parallel
     from chatbaker_megatron.training.engine import build_engine
 
     parallel.initialize(cfg, seed=1234)
     return build_engine(
-        TINY,
+        model,
         cfg,
         OptimConfig(),
         vocab_size=VOCAB,
@@ -161,11 +161,17 @@ def save_random_checkpoint_on_ranks(
 
 
 def load_checkpoint_logits_on_ranks(cfg: ParallelConfig, checkpoint: str) -> torch.Tensor | None:
-    """Load a checkpoint as `train.init_from` does (weights only) at this layout; its logits."""
-    from chatbaker_megatron.training.checkpoint import latest_checkpoint, load_checkpoint
+    """Load a checkpoint as `train.init_from` does (weights only) at this layout; its logits.
 
-    engine = _engine(cfg)
-    load_checkpoint(latest_checkpoint(checkpoint) or checkpoint, engine, weights_only=True)
+    The model is built from the config the checkpoint stores.
+    """
+    from chatbaker_megatron.convert.hf_config import model_config_from_dict
+    from chatbaker_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, read_common
+
+    path = latest_checkpoint(checkpoint) or checkpoint
+    model = model_config_from_dict(read_common(path)["config"]["model"], path)
+    engine = _engine(cfg, model)
+    load_checkpoint(path, engine, weights_only=True)
     return layout_logits(engine.chunks, tokens())
 
 

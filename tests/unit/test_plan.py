@@ -192,3 +192,16 @@ def test_cli_table(capsys):
     assert "chosen: experiment=plm_7b_a100x256 parallel.tp=" in out
     assert "why not otherwise" in out
     assert "the configured layout ranks #" in out or "1*" in out
+
+
+def test_cli_plans_a_preset_on_another_cluster(capsys):
+    # The preset fixes parallel.dp=128; on 16 nodes that layout is invalid, the plan is not.
+    args = ["plan", "experiment=plm_7b_a100x256", "cluster.nodes=16", "--json", "--top", "1"]
+    assert main(args) == 0
+    best = json.loads(capsys.readouterr().out)["candidates"][0]["layout"]
+    assert best["tp"] * best["pp"] * best["dp"] == 128
+
+
+def test_cli_reports_config_errors(capsys):
+    assert main(["plan", "model.vocab_size=512", "train.seq_length=100000"]) == 2
+    assert "exceeds model.max_position_embeddings" in capsys.readouterr().err

@@ -147,7 +147,7 @@ def render_model_card(
         "## Training config",
         "",
         "```yaml",
-        yaml.safe_dump(config, allow_unicode=True, sort_keys=False).rstrip(),
+        yaml.safe_dump(config, allow_unicode=True, sort_keys=True).rstrip(),
         "```",
         "",
         "## Limitations",

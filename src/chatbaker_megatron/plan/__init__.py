@@ -1,0 +1,13 @@
+"""The planner behind `chatbaker plan`: which parallel layouts fit, and how fast they train.
+
+workload.py    what is trained and how a layout splits it (pipeline geometry, schedule order)
+activations.py bytes saved for backward, tensor by tensor, for the LLaMA layer
+memory.py      bytes per GPU: weights, grads, optimizer state, activations, allowance
+comm.py        bytes per step by process group and collective
+steptime.py    seconds per step: compute, TP, pipeline p2p and bubble, DP, optimizer
+candidates.py  enumerate the valid layouts of a run and rank them
+report.py      the ranked table and its reasons, or JSON
+cli.py         the `chatbaker plan` verb
+measure.py     counters for saved tensors, collectives and the pipeline schedule
+validate.py    measured-vs-predicted cases on the real model (tests, benchmarks)
+"""

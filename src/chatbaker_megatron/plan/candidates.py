@@ -74,7 +74,13 @@ def _divisors(n: int) -> list[int]:
 
 
 def layouts(cfg: RunConfig) -> Iterator[ParallelConfig]:
-    """Every layout of the search space that `validate` accepts for this run."""
+    """Every layout of the search space that `validate` accepts for this run.
+
+    Raises ConfigError, with the first rejection's reason, when none is valid
+    (then the rest of the config is at fault, e.g. seq_length > max positions).
+    """
+    first_error: ConfigError | None = None
+    found = False
     model, cluster, base = cfg.model, cfg.cluster, cfg.parallel
     world = cluster.world_size
     for tp in _divisors(min(model.num_attention_heads, cluster.devices_per_node)):
@@ -104,9 +110,13 @@ def layouts(cfg: RunConfig) -> Iterator[ParallelConfig]:
                                 )
                                 try:
                                     validate(dataclasses.replace(cfg, parallel=par), world)
-                                except ConfigError:
+                                except ConfigError as err:
+                                    first_error = first_error or err
                                     continue
+                                found = True
                                 yield par
+    if not found:
+        raise ConfigError(f"no valid parallel layout for this run: {first_error}")
 
 
 def _same_layout(a: ParallelConfig, b: ParallelConfig) -> bool:

@@ -36,7 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from chatbaker_megatron.config.compose import compose
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from chatbaker_megatron.config.compose import compose_dict
     from chatbaker_megatron.config.schema import ConfigError
     from chatbaker_megatron.plan import report
     from chatbaker_megatron.plan.candidates import plan, workload_of
@@ -47,12 +51,15 @@ def run(args: argparse.Namespace) -> int:
         comm_efficiency=args.comm_efficiency,
     )
     try:
-        cfg = compose(args.overrides)
+        # Not validated as a whole: the configured layout need not suit this
+        # cluster (e.g. a preset's parallel.dp after cluster.nodes=16); every
+        # layout the planner proposes is validated with the rest of the config.
+        cfg = OmegaConf.to_object(compose_dict(args.overrides))
         work = workload_of(cfg)
-    except ConfigError as err:
+        candidates = plan(cfg, assume)
+    except (ConfigError, HydraException, OmegaConfBaseException) as err:
         print(f"chatbaker plan: {err}", file=sys.stderr)
         return 2
-    candidates = plan(cfg, assume)
     if args.json:
         data = report.plan_dict(cfg, work, assume, candidates, args.overrides, args.top)
         json.dump(data, sys.stdout, indent=1)

@@ -73,7 +73,7 @@ def plan_dict(
     return {
         "workload": {
             "model": cfg.model.name,
-            "params": sizes.param_count(work.model, work.padded_vocab(1)),
+            "params": sizes.param_breakdown(work.model, work.padded_vocab(1)),
             "seq_length": work.seq_length,
             "global_batch_size": work.global_batch_size,
             "tokens_per_step": work.tokens_per_step,

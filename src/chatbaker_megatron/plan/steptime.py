@@ -158,7 +158,7 @@ def step_time(
     ranks = [_rank_time(work, par, dp, r, cluster, assume) for r in distinct_ranks(par.pp)]
     slowest = max(ranks, key=lambda r: r.microbatch)
     m = num_microbatches(work, par, dp)
-    bubble = (par.pp - 1) / (par.vpp or 1) * slowest.microbatch
+    bubble = bubble_fraction(par.pp, par.vpp, m) * m * slowest.microbatch
     return StepTime(
         compute=m * slowest.compute,
         tp_comm=m * slowest.tp,

@@ -1,0 +1,103 @@
+"""Export: transformers' logits on the exported folder equal ours at every layout; round trips.
+
+Our logits are computed at the layout itself (TP shards gathered, through
+megatron's pipeline schedules for PP/VPP); the checkpoint is saved by
+training's save_checkpoint; the reference is transformers' LlamaForCausalLM.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+
+import pytest
+import torch
+
+from chatbaker_megatron.convert.export_hf import export_hf
+from tests.convert import tiny
+
+# fp32 on both sides; only the summation order differs (TP splits the reductions).
+LOGIT_ATOL = 2e-5
+
+
+@pytest.mark.parametrize("layout", list(tiny.LAYOUTS))
+def test_transformers_logits_equal_ours(layout, layout_checkpoint, exported):
+    ours, _ = layout_checkpoint(layout)
+    theirs = tiny.hf_logits(exported(layout), tiny.tokens())
+    diff = (ours[..., : tiny.VOCAB] - theirs).abs().max().item()
+    print(f"\nexport parity {layout}: max |logits diff| = {diff:.3e} (|logits| <= {theirs.abs().max():.2f})")
+    assert theirs.shape == (2, tiny.SEQ, tiny.VOCAB)
+    assert diff < LOGIT_ATOL
+
+
+def test_exported_folder(exported, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from chatbaker_megatron.data.tokenizer import load_tokenizer
+
+    hf = exported("tp2")
+    config = json.loads((hf / "config.json").read_text())
+    ours = load_tokenizer(tokenizer_dir)
+    expected = {
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": tiny.VOCAB,
+        "num_key_value_heads": 2,
+        "num_attention_heads": 4,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "bos_token_id": ours.bos_id,
+        "eos_token_id": ours.eos_id,
+        "pad_token_id": ours.pad_id,
+    }
+    assert {key: config[key] for key in expected} == expected
+    generation = json.loads((hf / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == ours.eos_id
+    index = json.loads((hf / "model.safetensors.index.json").read_text())
+    assert len(index["weight_map"]) == 2 + 1 + 9 * tiny.TINY.num_layers
+    text = "대한민국 헌법 and the Python docs"
+    assert AutoTokenizer.from_pretrained(str(hf)).encode(text, add_special_tokens=False) == ours.encode(text)
+    card = (hf / "README.md").read_text()
+    assert "- iterations: 7" in card and "num_query_groups: 2" in card
+    provenance = json.loads((hf / "chatbaker.json").read_text())
+    assert provenance["train_state"]["iteration"] == 7
+    assert provenance["tokens_trained"] == 14 * tiny.SEQ
+
+
+def test_small_shards_stream_and_give_the_same_weights(layout_checkpoint, exported, tmp_path):
+    _, root = layout_checkpoint("pp2")
+    out = tmp_path / "sharded"
+    export_hf(root, out, max_shard_size="60KB", progress=False)
+    shards = sorted(out.glob("model-*.safetensors"))
+    assert len(shards) > 3
+    torch.testing.assert_close(
+        tiny.hf_logits(out, tiny.tokens()), tiny.hf_logits(exported("pp2"), tiny.tokens()), rtol=0, atol=0
+    )
+
+
+def test_export_import_export_is_byte_identical(ranks, exported, tmp_path):
+    first = exported("pp2_vpp2")
+    imported = tmp_path / "imported"
+    ranks.run(2, tiny.import_on_ranks, str(first), str(imported), 2, 1)
+    second = tmp_path / "second"
+    export_hf(imported, second, progress=False)
+    names = sorted(p.name for p in first.iterdir())
+    assert names == sorted(p.name for p in second.iterdir())
+    match, mismatch, errors = filecmp.cmpfiles(first, second, names, shallow=False)
+    assert (mismatch, errors) == ([], []), f"differ: {mismatch + errors}"
+    assert len(match) == len(names)
+
+
+def test_existing_output_is_not_overwritten(layout_checkpoint, tmp_path):
+    _, root = layout_checkpoint("tp1")
+    (tmp_path / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        export_hf(root, tmp_path, progress=False)
+
+
+def test_missing_tokenizer_is_named(layout_checkpoint, tmp_path):
+    from chatbaker_megatron.convert.export_hf import checkpoint_tokenizer_dir
+
+    config = tiny.run_config(tmp_path / "nowhere", tmp_path)
+    with pytest.raises(FileNotFoundError, match="pass --tokenizer DIR"):
+        checkpoint_tokenizer_dir(config, "ckpt")

@@ -1,0 +1,65 @@
+"""Import: a transformers-created random LLaMA, imported at TP2 or PP2, gives transformers' logits.
+
+The imported checkpoint is loaded by training's own load_checkpoint (as
+`train.init_from` does), so the test also pins the checkpoint format to
+what training reads.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from chatbaker_megatron.config.parallel import ParallelConfig
+from chatbaker_megatron.convert.import_hf import import_hf
+from tests.convert import tiny
+
+LOGIT_ATOL = 2e-5
+
+
+def import_then_logits_on_ranks(hf_dir: str, output: str, cfg: ParallelConfig) -> torch.Tensor | None:
+    tiny.import_on_ranks(hf_dir, output, cfg.tp, cfg.pp)
+    return tiny.load_checkpoint_logits_on_ranks(cfg, output)
+
+
+@pytest.fixture(scope="module")
+def random_hf(tokenizer_dir, tmp_path_factory):
+    return tiny.random_hf_model(tmp_path_factory.mktemp("random-llama"), tokenizer_dir)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [ParallelConfig(tp=2), ParallelConfig(pp=2, vpp=2)],
+    ids=["tp2", "pp2_loaded_with_vpp2"],
+)
+def test_imported_model_gives_transformers_logits(ranks, random_hf, cfg, tmp_path):
+    output = tmp_path / "imported"
+    ours = tiny.last_stage(ranks.run(2, import_then_logits_on_ranks, str(random_hf), str(output), cfg))
+    theirs = tiny.hf_logits(random_hf, tiny.tokens())
+    diff = (ours[..., : tiny.VOCAB] - theirs).abs().max().item()
+    print(f"\nimport parity {cfg.tp=} {cfg.pp=} {cfg.vpp=}: max |logits diff| = {diff:.3e}")
+    assert diff < LOGIT_ATOL
+    assert (output / "latest").read_text().strip() == "iter_0000000"
+    assert (output / "tokenizer" / "tokenizer.json").is_file()
+
+
+def test_config_errors_name_file_and_field(random_hf, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(random_hf, broken)
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "hidden_act": "gelu"}))
+    with pytest.raises(ValueError, match=r"config.json: hidden_act='gelu': expected 'silu'"):
+        import_hf(broken, tmp_path / "out")
+    (broken / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    with pytest.raises(ValueError, match=r"config.json: model_type='gpt2'"):
+        import_hf(broken, tmp_path / "out")
+
+
+def test_layout_that_does_not_divide_the_model_is_refused(random_hf, tmp_path):
+    with pytest.raises(ValueError, match=r"--tp=3: must be >= 1 and divide the 4 attention heads"):
+        import_hf(random_hf, tmp_path / "out", tp=3)
+    with pytest.raises(ValueError, match=r"--pp=3: must be >= 1 and divide the 4 layers"):
+        import_hf(random_hf, tmp_path / "out", pp=3)

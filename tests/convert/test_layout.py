@@ -1,0 +1,123 @@
+"""Tensor layouts megatron <-> HF, and the safetensors shard writer / reader (no model needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from chatbaker_megatron.convert import layout
+from chatbaker_megatron.convert.safetensors_io import INDEX_FILE, HFWeights, ShardWriter, parse_size
+
+ARCH = layout.Arch(
+    num_layers=2,
+    hidden_size=8,
+    num_heads=6,
+    num_kv_heads=2,
+    head_dim=2,
+    ffn_hidden_size=10,
+    vocab_size=11,
+)
+
+
+def fused_qkv_by_hand(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """megatron's fused QKV as model/sharding.py documents it: per group [its q heads, k, v]."""
+    d, per_group = ARCH.head_dim, ARCH.num_heads // ARCH.num_kv_heads
+    rows = []
+    for group in range(ARCH.num_kv_heads):
+        for head in range(group * per_group, (group + 1) * per_group):
+            rows.append(q[head * d : (head + 1) * d])
+        rows.append(k[group * d : (group + 1) * d])
+        rows.append(v[group * d : (group + 1) * d])
+    return torch.cat(rows)
+
+
+def test_qkv_split_follows_query_groups():
+    h, d = ARCH.hidden_size, ARCH.head_dim
+    q = torch.randn(ARCH.num_heads * d, h)
+    k = torch.randn(ARCH.num_kv_heads * d, h)
+    v = torch.randn(ARCH.num_kv_heads * d, h)
+    fused = fused_qkv_by_hand(q, k, v)
+    split = layout.split_qkv(fused, ARCH)
+    for got, want in zip(split, (q, k, v)):
+        assert torch.equal(got, want)
+    assert torch.equal(layout.merge_qkv(q, k, v, ARCH), fused)
+
+
+def test_qkv_shape_errors_name_the_shapes():
+    with pytest.raises(layout.LayoutError, match=r"fused QKV weight has shape \(5, 8\)"):
+        layout.split_qkv(torch.zeros(5, 8), ARCH)
+    with pytest.raises(layout.LayoutError, match="k_proj"):
+        q = torch.zeros(12, 8)
+        layout.merge_qkv(q, torch.zeros(3, 8), torch.zeros(4, 8), ARCH)
+
+
+def test_every_tensor_round_trips_and_vocab_padding_is_dropped():
+    rows = 16  # padded vocabulary
+    megatron = {
+        layout.EMBEDDING: torch.randn(rows, 8),
+        layout.OUTPUT_LAYER: torch.randn(rows, 8),
+        layout.FINAL_NORM: torch.randn(8),
+    }
+    for i in range(ARCH.num_layers):
+        prefix = f"decoder.layers.{i}."
+        megatron[prefix + layout.QKV] = torch.randn(20, 8)
+        megatron[prefix + "self_attention.linear_proj.weight"] = torch.randn(8, 12)
+        megatron[prefix + "input_layernorm.weight"] = torch.randn(8)
+        megatron[prefix + "pre_mlp_layernorm.weight"] = torch.randn(8)
+        megatron[prefix + layout.FC1] = torch.randn(20, 8)
+        megatron[prefix + "mlp.linear_fc2.weight"] = torch.randn(8, 10)
+    hf = dict(pair for name, t in megatron.items() for pair in layout.to_hf(name, t, ARCH))
+    assert sorted(hf) == sorted(layout.hf_names(ARCH))
+    assert hf[layout.HF_EMBEDDING].shape == (ARCH.vocab_size, 8)
+    assert torch.equal(hf["model.layers.1.mlp.up_proj.weight"], megatron["decoder.layers.1." + layout.FC1][10:])
+    assert torch.equal(
+        hf["model.layers.0.post_attention_layernorm.weight"],
+        megatron["decoder.layers.0.pre_mlp_layernorm.weight"],
+    )
+    for name, tensor in megatron.items():
+        back = layout.from_hf(name, hf.__getitem__, ARCH, rows)
+        if name in (layout.EMBEDDING, layout.OUTPUT_LAYER):
+            assert torch.equal(back[: ARCH.vocab_size], tensor[: ARCH.vocab_size])
+            assert not back[ARCH.vocab_size :].any(), "padding rows are zeros"
+        else:
+            assert torch.equal(back, tensor), name
+
+
+def test_unknown_tensor_names_are_refused():
+    with pytest.raises(layout.LayoutError, match="decoder.layers.0.self_attention.q_layernorm.weight"):
+        layout.to_hf("decoder.layers.0.self_attention.q_layernorm.weight", torch.zeros(2), ARCH)
+    with pytest.raises(layout.LayoutError, match="fewer than the tokenizer's 11"):
+        layout.resize_vocab(torch.zeros(10, 8), 16, 11)
+
+
+def test_shards_stay_under_the_limit_and_read_back(tmp_path):
+    tensors = {f"t{i}": torch.full((100,), float(i)) for i in range(5)}  # 400 bytes each
+    writer = ShardWriter(tmp_path, parse_size("1000"))
+    for name, tensor in tensors.items():
+        writer.add(name, tensor)
+    names = writer.close()
+    assert names == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    assert all((tmp_path / n).stat().st_size < 1000 + 200 for n in names)  # + header
+    index = json.loads((tmp_path / INDEX_FILE).read_text())
+    assert index["metadata"]["total_size"] == 2000
+    assert sorted(index["weight_map"]) == sorted(tensors)
+    weights = HFWeights(tmp_path)
+    for name, tensor in tensors.items():
+        assert torch.equal(weights.get(name), tensor)
+    with pytest.raises(KeyError, match="t9"):
+        weights.get("t9")
+
+
+def test_size_parsing():
+    assert parse_size("2GB") == 2 * 10**9
+    assert parse_size("500mb") == 5 * 10**8
+    with pytest.raises(ValueError, match="shard size 'big'"):
+        parse_size("big")
+
+
+def test_missing_weights_are_reported(tmp_path):
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="pytorch_model.bin: convert them to safetensors"):
+        HFWeights(tmp_path)
