@@ -20,7 +20,7 @@ from tests.convert import tiny
 LOGIT_ATOL = 2e-5
 
 
-@pytest.mark.parametrize("layout", list(tiny.LAYOUTS))
+@pytest.mark.parametrize("layout", ["tp1", "tp2", "pp2", "pp2_vpp2"])
 def test_transformers_logits_equal_ours(layout, layout_checkpoint, exported):
     ours, _ = layout_checkpoint(layout)
     theirs = tiny.hf_logits(exported(layout), tiny.tokens())
@@ -101,3 +101,31 @@ def test_missing_tokenizer_is_named(layout_checkpoint, tmp_path):
     config = tiny.run_config(tmp_path / "nowhere", tmp_path)
     with pytest.raises(FileNotFoundError, match="pass --tokenizer DIR"):
         checkpoint_tokenizer_dir(config, "ckpt")
+
+
+def test_sft_export_ships_the_training_chat_template(exported):
+    from transformers import AutoTokenizer
+
+    from chatbaker_megatron.convert.tokenizer_files import read_template
+    from chatbaker_megatron.data.templates import TEMPLATES, Message, render_prompt
+    from chatbaker_megatron.data.tokenizer import load_tokenizer
+
+    hf = exported("tp1_sft")
+    template = TEMPLATES["chatbaker"]
+    assert read_template(hf) == template
+    assert read_template(exported("tp1")) is None, "a pretrained model names no chat template"
+    messages = [
+        Message("user", "안녕?"),
+        Message("assistant", "네, 안녕하세요."),
+        Message("user", "이름이 뭐야?"),
+    ]
+    rendered_by_hf = AutoTokenizer.from_pretrained(str(hf)).apply_chat_template(
+        [{"role": m.role, "content": m.content} for m in messages],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    ours = load_tokenizer(hf)
+    assert rendered_by_hf == render_prompt(
+        template, messages, bos_token=ours.bos_token, eos_token=ours.eos_token
+    )
+    assert "## Chat format" in (hf / "README.md").read_text()

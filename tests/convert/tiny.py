@@ -35,6 +35,8 @@ VOCAB = 300
 SEQ = 16
 LAYOUTS: dict[str, tuple[int, ParallelConfig]] = {
     "tp1": (1, ParallelConfig()),
+    # An SFT run's checkpoint (its config names the chat template).
+    "tp1_sft": (1, ParallelConfig()),
     "tp2": (2, ParallelConfig(tp=2)),
     "pp2": (2, ParallelConfig(pp=2)),
     "pp2_vpp2": (2, ParallelConfig(pp=2, vpp=2)),

@@ -98,6 +98,8 @@ def build_engine(
     config.calculate_per_token_loss = True
     if params_dtype != torch.float32:
         config.params_dtype = params_dtype
+        # Activations cross pipeline stages in the compute dtype.
+        config.pipeline_dtype = params_dtype
         config.bf16 = params_dtype == torch.bfloat16
         config.fp16 = params_dtype == torch.float16
         chunks = [Float16Module(config, chunk) for chunk in chunks]
