@@ -6,6 +6,7 @@ PyTorch paths cover every op).
 """
 
 import os
+from pathlib import Path
 
 from setuptools import setup
 
@@ -57,7 +58,7 @@ setup(
     name="chatbaker_megatron",
     version="0.1.0",
     description="3D-parallel training of the ChatBaker Korean-English LLaMA models on megatron-core",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.12",
     packages=packages,

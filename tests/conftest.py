@@ -9,7 +9,7 @@ if not torch.cuda.is_available():
     # Must be set before triton is first imported (it is read at import).
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from tests.parallel.harness import Pools  # noqa: E402
+from tests.parallel.harness import Pools
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,14 @@ import sys
 # megatron, transformers) are paid only by that verb.
 VERBS: dict[str, tuple[str, str]] = {
     "train": ("chatbaker_megatron.train", "pretrain or fine-tune (Hydra overrides; runs torchrun)"),
-    "tokenizer": ("chatbaker_megatron.data.tokenizer_cli", "train or inspect the byte-level BPE tokenizer"),
-    "preprocess": ("chatbaker_megatron.data.preprocess", "jsonl -> megatron .bin/.idx indexed dataset"),
+    "tokenizer": (
+        "chatbaker_megatron.data.tokenizer_cli",
+        "train or inspect the byte-level BPE tokenizer",
+    ),
+    "preprocess": (
+        "chatbaker_megatron.data.preprocess",
+        "jsonl -> megatron .bin/.idx indexed dataset",
+    ),
     "plan": ("chatbaker_megatron.plan.cli", "rank parallel layouts: memory, step time, MFU, days"),
     "export-hf": ("chatbaker_megatron.convert.export_hf", "checkpoint -> HF Llama folder"),
     "import-hf": ("chatbaker_megatron.convert.import_hf", "HF Llama folder -> checkpoint"),

@@ -37,7 +37,9 @@ def data_parallel_size(cfg: ParallelConfig, world_size: int) -> int:
             f"parallel.dp={cfg.dp} but world size {world_size} / (tp*pp*cp={model_parallel}) gives {dp}"
         )
     if cfg.sp and cfg.tp == 1:
-        raise TopologyError("parallel.sp=true needs parallel.tp > 1 (sequence parallel splits over TP)")
+        raise TopologyError(
+            "parallel.sp=true needs parallel.tp > 1 (sequence parallel splits over TP)"
+        )
     if cfg.vpp is not None and (cfg.vpp < 1 or cfg.pp == 1):
         raise TopologyError(
             f"parallel.vpp={cfg.vpp}: virtual pipeline stages need parallel.pp > 1 and vpp >= 1 "

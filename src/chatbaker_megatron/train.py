@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -23,6 +24,14 @@ from chatbaker_megatron.launch import run_torchrun, under_torchrun
 log = logging.getLogger("chatbaker_megatron")
 
 register()
+
+
+def _quiet_dependency_warnings() -> None:
+    """Keep the run's output readable: megatron-core and torch warn (on import and
+    per step) about optional GPU packages and APIs this project does not use."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.distributed\.checkpoint")
 
 
 def _setup_logging(run_dir: str) -> None:
@@ -38,8 +47,10 @@ def _setup_logging(run_dir: str) -> None:
         handlers=handlers,
         force=True,
     )
-    # megatron-core logs every parameter and config field at INFO; keep its warnings.
+    # megatron-core logs every parameter and config field at INFO; keep its
+    # warnings, except dist_checkpointing's notice about its own async API.
     logging.getLogger("megatron").setLevel(logging.WARNING)
+    logging.getLogger("megatron.core.dist_checkpointing").setLevel(logging.ERROR)
 
 
 @hydra.main(config_path="pkg://chatbaker_megatron.conf", config_name="config", version_base="1.3")
@@ -60,6 +71,7 @@ def main(cfg: DictConfig) -> None:
         if code:
             sys.exit(f"training failed (torchrun exit code {code}); see {run_dir}/train.log")
         return
+    _quiet_dependency_warnings()
     from chatbaker_megatron.training.trainer import train
 
     run.run_dir = run_dir

@@ -35,7 +35,9 @@ def layout_checkpoint(
     def build(layout: str) -> tuple[torch.Tensor, Path]:
         world, cfg = tiny.LAYOUTS[layout]
         run_dir = tmp_path_factory.mktemp(f"run-{layout}")
-        config = tiny.run_config(tokenizer_dir, run_dir, "sft" if layout.endswith("_sft") else "pretrain")
+        config = tiny.run_config(
+            tokenizer_dir, run_dir, "sft" if layout.endswith("_sft") else "pretrain"
+        )
         root = run_dir / "checkpoints"
         results = ranks.run(world, tiny.save_random_checkpoint_on_ranks, cfg, str(root), config)
         return tiny.last_stage([r["logits"] for r in results]), root
@@ -44,9 +46,7 @@ def layout_checkpoint(
 
 
 @pytest.fixture(scope="session")
-def exported(
-    layout_checkpoint, tmp_path_factory: pytest.TempPathFactory
-) -> Callable[[str], Path]:
+def exported(layout_checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """layout -> the HF folder exported from that layout's checkpoint."""
     from chatbaker_megatron.convert.export_hf import export_hf
 

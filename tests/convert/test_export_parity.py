@@ -25,7 +25,9 @@ def test_transformers_logits_equal_ours(layout, layout_checkpoint, exported):
     ours, _ = layout_checkpoint(layout)
     theirs = tiny.hf_logits(exported(layout), tiny.tokens())
     diff = (ours[..., : tiny.VOCAB] - theirs).abs().max().item()
-    print(f"\nexport parity {layout}: max |logits diff| = {diff:.3e} (|logits| <= {theirs.abs().max():.2f})")
+    print(
+        f"\nexport parity {layout}: max |logits diff| = {diff:.3e} (|logits| <= {theirs.abs().max():.2f})"
+    )
     assert theirs.shape == (2, tiny.SEQ, tiny.VOCAB)
     assert diff < LOGIT_ATOL
 
@@ -56,7 +58,9 @@ def test_exported_folder(exported, tokenizer_dir):
     index = json.loads((hf / "model.safetensors.index.json").read_text())
     assert len(index["weight_map"]) == 2 + 1 + 9 * tiny.TINY.num_layers
     text = "대한민국 헌법 and the Python docs"
-    assert AutoTokenizer.from_pretrained(str(hf)).encode(text, add_special_tokens=False) == ours.encode(text)
+    assert AutoTokenizer.from_pretrained(str(hf)).encode(
+        text, add_special_tokens=False
+    ) == ours.encode(text)
     card = (hf / "README.md").read_text()
     assert "- iterations: 7" in card and "num_query_groups: 2" in card
     provenance = json.loads((hf / "chatbaker.json").read_text())
@@ -71,7 +75,10 @@ def test_small_shards_stream_and_give_the_same_weights(layout_checkpoint, export
     shards = sorted(out.glob("model-*.safetensors"))
     assert len(shards) > 3
     torch.testing.assert_close(
-        tiny.hf_logits(out, tiny.tokens()), tiny.hf_logits(exported("pp2"), tiny.tokens()), rtol=0, atol=0
+        tiny.hf_logits(out, tiny.tokens()),
+        tiny.hf_logits(exported("pp2"), tiny.tokens()),
+        rtol=0,
+        atol=0,
     )
 
 

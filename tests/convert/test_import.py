@@ -20,7 +20,9 @@ from tests.convert import tiny
 LOGIT_ATOL = 2e-5
 
 
-def import_then_logits_on_ranks(hf_dir: str, output: str, cfg: ParallelConfig) -> torch.Tensor | None:
+def import_then_logits_on_ranks(
+    hf_dir: str, output: str, cfg: ParallelConfig
+) -> torch.Tensor | None:
     tiny.import_on_ranks(hf_dir, output, cfg.tp, cfg.pp)
     return tiny.load_checkpoint_logits_on_ranks(cfg, output)
 
@@ -37,7 +39,9 @@ def random_hf(tokenizer_dir, tmp_path_factory):
 )
 def test_imported_model_gives_transformers_logits(ranks, random_hf, cfg, tmp_path):
     output = tmp_path / "imported"
-    ours = tiny.last_stage(ranks.run(2, import_then_logits_on_ranks, str(random_hf), str(output), cfg))
+    ours = tiny.last_stage(
+        ranks.run(2, import_then_logits_on_ranks, str(random_hf), str(output), cfg)
+    )
     theirs = tiny.hf_logits(random_hf, tiny.tokens())
     diff = (ours[..., : tiny.VOCAB] - theirs).abs().max().item()
     print(f"\nimport parity {cfg.tp=} {cfg.pp=} {cfg.vpp=}: max |logits diff| = {diff:.3e}")

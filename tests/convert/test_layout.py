@@ -71,7 +71,9 @@ def test_every_tensor_round_trips_and_vocab_padding_is_dropped():
     hf = dict(pair for name, t in megatron.items() for pair in layout.to_hf(name, t, ARCH))
     assert sorted(hf) == sorted(layout.hf_names(ARCH))
     assert hf[layout.HF_EMBEDDING].shape == (ARCH.vocab_size, 8)
-    assert torch.equal(hf["model.layers.1.mlp.up_proj.weight"], megatron["decoder.layers.1." + layout.FC1][10:])
+    assert torch.equal(
+        hf["model.layers.1.mlp.up_proj.weight"], megatron["decoder.layers.1." + layout.FC1][10:]
+    )
     assert torch.equal(
         hf["model.layers.0.post_attention_layernorm.weight"],
         megatron["decoder.layers.0.pre_mlp_layernorm.weight"],
@@ -86,7 +88,9 @@ def test_every_tensor_round_trips_and_vocab_padding_is_dropped():
 
 
 def test_unknown_tensor_names_are_refused():
-    with pytest.raises(layout.LayoutError, match="decoder.layers.0.self_attention.q_layernorm.weight"):
+    with pytest.raises(
+        layout.LayoutError, match=r"decoder\.layers\.0\.self_attention\.q_layernorm\.weight"
+    ):
         layout.to_hf("decoder.layers.0.self_attention.q_layernorm.weight", torch.zeros(2), ARCH)
     with pytest.raises(layout.LayoutError, match="fewer than the tokenizer's 11"):
         layout.resize_vocab(torch.zeros(10, 8), 16, 11)
@@ -119,5 +123,5 @@ def test_size_parsing():
 
 def test_missing_weights_are_reported(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match="pytorch_model.bin: convert them to safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"pytorch_model\.bin: convert them to safetensors"):
         HFWeights(tmp_path)

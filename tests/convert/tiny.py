@@ -9,10 +9,10 @@ padded vocabulary rows too (so an export that kept them would show).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
@@ -28,7 +28,8 @@ TINY = ModelConfig(
     num_attention_heads=4,
     num_query_groups=2,
     ffn_hidden_size=96,
-    max_position_embeddings=64,
+    # Room for the chat template's system prompt (about 200 tokens of this tokenizer).
+    max_position_embeddings=512,
 )
 # Not a multiple of 128: the embedding is padded to 384 rows at TP=1, 512 at TP=2.
 VOCAB = 300
@@ -43,11 +44,10 @@ LAYOUTS: dict[str, tuple[int, ParallelConfig]] = {
 }
 
 
-T = TypeVar("T")
 _SESSION: dict[str, Any] = {}
 
 
-def once(key: str, build: Callable[[], T]) -> T:
+def once[T](key: str, build: Callable[[], T]) -> T:
     """Build a test artefact once per pytest session, whichever test directory asks first."""
     if key not in _SESSION:
         _SESSION[key] = build()
@@ -107,7 +107,7 @@ def layout_logits(chunks: list[torch.nn.Module], batch: torch.Tensor) -> torch.T
     micro_batches = [batch[i : i + 1] for i in range(batch.shape[0])]
     positions = torch.arange(batch.shape[1])[None]
 
-    def forward_step(data_iterator, model):  # noqa: ANN001, ANN202 - megatron's contract
+    def forward_step(data_iterator, model):
         output = model(next(data_iterator), positions, None)
 
         def collect(output_tensor: torch.Tensor, non_loss_data: bool = False) -> torch.Tensor:
@@ -119,7 +119,9 @@ def layout_logits(chunks: list[torch.nn.Module], batch: torch.Tensor) -> torch.T
         chunk.eval()
     collected = get_forward_backward_func()(
         forward_step_func=forward_step,
-        data_iterator=[iter(micro_batches) for _ in chunks] if len(chunks) > 1 else iter(micro_batches),
+        data_iterator=[iter(micro_batches) for _ in chunks]
+        if len(chunks) > 1
+        else iter(micro_batches),
         model=chunks if len(chunks) > 1 else chunks[0],
         num_microbatches=len(micro_batches),
         seq_length=batch.shape[1],
@@ -130,7 +132,7 @@ def layout_logits(chunks: list[torch.nn.Module], batch: torch.Tensor) -> torch.T
     return torch.cat(list(collected), dim=0) if collected else None
 
 
-def _engine(cfg: ParallelConfig, model: ModelConfig = TINY):  # noqa: ANN202 - training's Engine
+def _engine(cfg: ParallelConfig, model: ModelConfig = TINY):
     from chatbaker_megatron import parallel
     from chatbaker_megatron.training.engine import build_engine
 
@@ -168,7 +170,11 @@ def load_checkpoint_logits_on_ranks(cfg: ParallelConfig, checkpoint: str) -> tor
     The model is built from the config the checkpoint stores.
     """
     from chatbaker_megatron.convert.hf_config import model_config_from_dict
-    from chatbaker_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, read_common
+    from chatbaker_megatron.training.checkpoint import (
+        latest_checkpoint,
+        load_checkpoint,
+        read_common,
+    )
 
     path = latest_checkpoint(checkpoint) or checkpoint
     model = model_config_from_dict(read_common(path)["config"]["model"], path)

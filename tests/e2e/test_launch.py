@@ -85,7 +85,13 @@ def test_cfg_job_prints_the_resolved_config(tmp_path):
 def test_multirun_launches_one_torchrun_job_per_point(data_root, tmp_path):
     sweep = tmp_path / "sweep"
     result = run(
-        [*TRAIN, "-m", "optim.lr=0.001,0.002", f"hydra.sweep.dir={sweep}", *small_run(data_root, 2)],
+        [
+            *TRAIN,
+            "-m",
+            "optim.lr=0.001,0.002",
+            f"hydra.sweep.dir={sweep}",
+            *small_run(data_root, 2),
+        ],
         timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -38,14 +38,19 @@ def sft_overrides(root: str, run_dir: str, world: int, plm: str) -> list[str]:
 @pytest.fixture(scope="module")
 def plm(ranks, data_root, tmp_path_factory) -> dict:  # noqa: F811
     run_dir = str(tmp_path_factory.mktemp("plm"))
-    overrides = base_overrides(data_root, run_dir, 1) + [f"train.train_iters={PLM_STEPS}", "parallel=single"]
+    overrides = base_overrides(data_root, run_dir, 1) + [
+        f"train.train_iters={PLM_STEPS}",
+        "parallel=single",
+    ]
     ranks.run(1, run_trainer, overrides)
     return {"ckpt": os.path.join(run_dir, "checkpoints"), "final_loss": losses(run_dir)[-1]}
 
 
 def test_sft_from_plm_weights_with_packing(ranks, data_root, plm, tmp_path):  # noqa: F811
     single, tp2 = str(tmp_path / "single"), str(tmp_path / "tp2_sp")
-    ranks.run(1, run_trainer, sft_overrides(data_root, single, 1, plm["ckpt"]) + ["parallel=single"])
+    ranks.run(
+        1, run_trainer, sft_overrides(data_root, single, 1, plm["ckpt"]) + ["parallel=single"]
+    )
     ranks.run(2, run_trainer, sft_overrides(data_root, tp2, 2, plm["ckpt"]) + ["parallel=tp2"])
 
     # Fresh counters and optimizer: the SFT run counts its own iterations from 0.

@@ -71,14 +71,21 @@ def data_root(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def seed_ckpt(ranks, data_root, tmp_path_factory) -> str:
     run_dir = str(tmp_path_factory.mktemp("seed"))
-    ranks.run(1, run_trainer, base_overrides(data_root, run_dir, 1) + ["train.train_iters=0", "optim.warmup_iters=0"])
+    ranks.run(
+        1,
+        run_trainer,
+        base_overrides(data_root, run_dir, 1) + ["train.train_iters=0", "optim.warmup_iters=0"],
+    )
     return os.path.join(run_dir, "checkpoints")
 
 
 @pytest.fixture(scope="module")
 def reference(ranks, data_root, seed_ckpt, tmp_path_factory) -> dict:
     run_dir = str(tmp_path_factory.mktemp("ref"))
-    overrides = base_overrides(data_root, run_dir, 1) + ["parallel=single", f"train.init_from={seed_ckpt}"]
+    overrides = base_overrides(data_root, run_dir, 1) + [
+        "parallel=single",
+        f"train.init_from={seed_ckpt}",
+    ]
     result = ranks.run(1, run_trainer, overrides, True)[0]
     return {"losses": losses(run_dir), "weights": result["weights"], "run_dir": run_dir}
 
@@ -103,7 +110,9 @@ TOPOLOGIES = {
 
 
 @pytest.mark.parametrize("topology", TOPOLOGIES)
-def test_two_rank_curve_matches_single_rank(ranks, data_root, seed_ckpt, reference, tmp_path, topology):
+def test_two_rank_curve_matches_single_rank(
+    ranks, data_root, seed_ckpt, reference, tmp_path, topology
+):
     overrides = base_overrides(data_root, str(tmp_path), 2) + TOPOLOGIES[topology]
     ranks.run(2, run_trainer, [*overrides, f"train.init_from={seed_ckpt}"])
     torch.testing.assert_close(losses(str(tmp_path)), reference["losses"], **LOSS_TOL)
@@ -113,7 +122,9 @@ def test_resume_is_bit_exact(ranks, data_root, seed_ckpt, tmp_path):
     straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
     common = ["parallel=tp2", f"train.init_from={seed_ckpt}"]
     ranks.run(2, run_trainer, base_overrides(data_root, straight, 2) + common)
-    ranks.run(2, run_trainer, base_overrides(data_root, split, 2) + [*common, "train.exit_interval=3"])
+    ranks.run(
+        2, run_trainer, base_overrides(data_root, split, 2) + [*common, "train.exit_interval=3"]
+    )
     assert latest_checkpoint(os.path.join(split, "checkpoints")).endswith("iter_0000003")
     ranks.run(2, run_trainer, base_overrides(data_root, split, 2) + common)
     assert losses(split) == losses(straight)
@@ -134,19 +145,26 @@ def test_eight_ranks_and_resharding(ranks, data_root, seed_ckpt, reference, tmp_
     mid = os.path.join(source, "checkpoints", "iter_0000003")
 
     zero1 = "parallel.distributed_optimizer=true"
-    targets = [("tp1_pp1_dp1", 1, ["parallel=single", zero1]), ("tp1_pp2_dp4", 8, ["parallel=pp2", zero1])]
+    targets = [
+        ("tp1_pp1_dp1", 1, ["parallel=single", zero1]),
+        ("tp1_pp2_dp4", 8, ["parallel=pp2", zero1]),
+    ]
     for name, world, parallel in targets:
         target = str(tmp_path / name)
         os.makedirs(os.path.join(target, "checkpoints"))
         shutil.copytree(mid, os.path.join(target, "checkpoints", "iter_0000003"))
         with open(os.path.join(target, "checkpoints", "latest"), "w", encoding="utf-8") as f:
             f.write("iter_0000003\n")
-        result = ranks.run(world, run_trainer, base_overrides(data_root, target, world) + parallel, True)[0]
+        result = ranks.run(
+            world, run_trainer, base_overrides(data_root, target, world) + parallel, True
+        )[0]
         torch.testing.assert_close(
             losses(target), losses(source)[3:], **LOSS_TOL, msg=lambda m, n=name: f"{n}: {m}"
         )
         for key, tensor in reference["weights"].items():
-            torch.testing.assert_close(result["weights"][key], tensor, atol=2e-4, rtol=0, msg=f"{name} {key}")
+            torch.testing.assert_close(
+                result["weights"][key], tensor, atol=2e-4, rtol=0, msg=f"{name} {key}"
+            )
     ranks.close(8)
 
 

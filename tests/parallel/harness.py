@@ -62,9 +62,7 @@ def _worker(rank: int, world_size: int, port: int, tasks: mp.Queue, results: mp.
     platform.apply_megatron_cpu_compat()
     if plat.is_cuda:
         torch.cuda.set_device(plat.device)
-    dist.init_process_group(
-        plat.backend, timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S)
-    )
+    dist.init_process_group(plat.backend, timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
     while True:
         task = tasks.get()
         if task is None:

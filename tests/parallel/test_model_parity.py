@@ -132,11 +132,15 @@ def test_matches_single_rank(ranks, reference, case):
     results = ranks.run(2, train, CASES[case], reference["initial"])
     for rank, result in enumerate(results):
         torch.testing.assert_close(
-            result["losses"], reference["losses"], **LOSS_TOL,
+            result["losses"],
+            reference["losses"],
+            **LOSS_TOL,
             msg=lambda m, r=rank: f"rank {r} losses: {m}",
         )
         torch.testing.assert_close(
-            result["grad_norms"], reference["grad_norms"], **LOSS_TOL,
+            result["grad_norms"],
+            reference["grad_norms"],
+            **LOSS_TOL,
             msg=lambda m, r=rank: f"rank {r} grad norms: {m}",
         )
         if result["first_grads"] is not None:

@@ -27,8 +27,16 @@ def test_plm_presets_follow_the_released_recipe():
         assert cfg.train.train_tokens == 1_400_000_000_000
         assert cfg.optim.weight_decay == 0.1
     assert small.optim.lr == 4e-4
-    assert (small.model.num_layers, small.model.hidden_size, small.model.ffn_hidden_size) == (24, 2048, 5632)
-    assert (big.model.num_layers, big.model.hidden_size, big.model.ffn_hidden_size) == (32, 4096, 11008)
+    assert (small.model.num_layers, small.model.hidden_size, small.model.ffn_hidden_size) == (
+        24,
+        2048,
+        5632,
+    )
+    assert (big.model.num_layers, big.model.hidden_size, big.model.ffn_hidden_size) == (
+        32,
+        4096,
+        11008,
+    )
     assert train_iters(small.train) == 333_787  # ceil(1.4T / 4,194,304)
 
 
@@ -67,5 +75,5 @@ def test_invalid_config_names_the_key(overrides):
 
 
 def test_wrong_type_fails_at_compose():
-    with pytest.raises(Exception, match="parallel.tp"):
+    with pytest.raises(Exception, match=r"parallel\.tp"):
         compose(["parallel.tp=two"])

@@ -124,7 +124,9 @@ def validate(cfg: Any, world_size: int | None = None) -> None:
         par.tp,
         f"must divide model.ffn_hidden_size={model.ffn_hidden_size}",
     )
-    _require(not par.sp or par.tp > 1, "parallel.sp", par.sp, "sequence parallel needs parallel.tp > 1")
+    _require(
+        not par.sp or par.tp > 1, "parallel.sp", par.sp, "sequence parallel needs parallel.tp > 1"
+    )
     if par.vpp is not None:
         _require(par.pp > 1, "parallel.vpp", par.vpp, "virtual stages need parallel.pp > 1")
         _require(par.vpp >= 1, "parallel.vpp", par.vpp, "expected >= 1 (or null)")
@@ -177,7 +179,9 @@ def validate(cfg: Any, world_size: int | None = None) -> None:
     _one_of("train.nan_policy", train.nan_policy, NAN_POLICIES)
 
     _require(optim.lr > 0, "optim.lr", optim.lr, "expected > 0")
-    _require(0 <= optim.min_lr <= optim.lr, "optim.min_lr", optim.min_lr, "expected 0 <= min_lr <= lr")
+    _require(
+        0 <= optim.min_lr <= optim.lr, "optim.min_lr", optim.min_lr, "expected 0 <= min_lr <= lr"
+    )
     _one_of("optim.decay_style", optim.decay_style, LR_DECAY_STYLES)
     _require(
         optim.warmup_ratio is None or optim.warmup_iters is None,
@@ -186,10 +190,19 @@ def validate(cfg: Any, world_size: int | None = None) -> None:
         f"set at most one of optim.warmup_ratio and optim.warmup_iters (={optim.warmup_iters})",
     )
     if optim.warmup_ratio is not None:
-        _require(0 <= optim.warmup_ratio < 1, "optim.warmup_ratio", optim.warmup_ratio, "expected in [0, 1)")
+        _require(
+            0 <= optim.warmup_ratio < 1,
+            "optim.warmup_ratio",
+            optim.warmup_ratio,
+            "expected in [0, 1)",
+        )
 
     iters = train_iters(train)
-    warmup = round(optim.warmup_ratio * iters) if optim.warmup_ratio is not None else optim.warmup_iters or 0
+    warmup = (
+        round(optim.warmup_ratio * iters)
+        if optim.warmup_ratio is not None
+        else optim.warmup_iters or 0
+    )
     decay = optim.decay_iters or iters
     if iters > 0:
         _require(
@@ -200,7 +213,12 @@ def validate(cfg: Any, world_size: int | None = None) -> None:
         )
 
     _one_of("cluster.precision", cluster.precision, PRECISIONS)
-    _require(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", cfg.checkpoint.keep_last, "expected >= 1")
+    _require(
+        cfg.checkpoint.keep_last >= 1,
+        "checkpoint.keep_last",
+        cfg.checkpoint.keep_last,
+        "expected >= 1",
+    )
     try:
         validate_data_config(cfg.data)
     except ValueError as err:

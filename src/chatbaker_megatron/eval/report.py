@@ -131,8 +131,13 @@ def render_chart(path: Path, model: str, rows: list[Row], means: dict[str, dict[
     import matplotlib.pyplot as plt
 
     panels = 2 if "kobest" in means else 1
+    widths = [max(len(rows), 2), 4][:panels]
     fig, axes = plt.subplots(
-        1, panels, figsize=(6 + 0.45 * len(rows) + 4 * (panels - 1), 4.5), squeeze=False
+        1,
+        panels,
+        figsize=(3 + 0.45 * sum(widths), 4.5),
+        squeeze=False,
+        gridspec_kw={"width_ratios": widths},
     )
     ax = axes[0][0]
     colors = ["tab:blue" if row.family == "kobest" else "tab:orange" for row in rows]

@@ -83,8 +83,8 @@ class ChatSession:
             prompt = self._prompt(turns)
         if len(prompt) >= self.generator.backend.max_length:
             raise ValueError(
-                f"this message alone takes {len(prompt)} tokens; the model holds "
-                f"{self.generator.backend.max_length}"
+                f"the system prompt and this message take {len(prompt)} tokens; the model "
+                f"attends over {self.generator.backend.max_length}"
             )
         return turns, prompt
 

@@ -133,7 +133,9 @@ def _uses_distributed_optimizer(engine: Engine) -> bool:
 def _model_state(engine: Engine) -> dict[str, Any]:
     # Keyed on the bare GPTModels: the DDP / Float16Module wrappers would add
     # "module." prefixes that tie checkpoints to the wrapping.
-    return {f"model{i}": unwrap(chunk).sharded_state_dict() for i, chunk in enumerate(engine.chunks)}
+    return {
+        f"model{i}": unwrap(chunk).sharded_state_dict() for i, chunk in enumerate(engine.chunks)
+    }
 
 
 def _materialize_optimizer_state(engine: Engine) -> None:

@@ -35,12 +35,12 @@ class Engine:
     params_dtype: torch.dtype
 
     @property
-    def config(self):  # noqa: ANN201 - megatron's TransformerConfig
+    def config(self):
         return self.chunks[0].config
 
 
 def _wire_schedule_hooks(
-    config,  # noqa: ANN001 - megatron's TransformerConfig
+    config,
     chunks: list[DistributedDataParallel],
     optimizer: MegatronOptimizer,
     overlap_grad_reduce: bool,
@@ -57,7 +57,7 @@ def _wire_schedule_hooks(
 
 def warmup_iters(optim: OptimConfig, train_iters: int) -> int:
     if optim.warmup_ratio is not None:
-        return int(round(optim.warmup_ratio * train_iters))
+        return round(optim.warmup_ratio * train_iters)
     return optim.warmup_iters or 0
 
 
@@ -156,4 +156,6 @@ def build_engine(
         wd_incr_steps=decay_iters * global_batch_size,
         wd_incr_style="constant",
     )
-    return Engine(chunks=chunks, optimizer=optimizer, scheduler=scheduler, params_dtype=params_dtype)
+    return Engine(
+        chunks=chunks, optimizer=optimizer, scheduler=scheduler, params_dtype=params_dtype
+    )

@@ -49,7 +49,9 @@ def _format_duration(seconds: float) -> str:
 class MetricsLogger:
     """Writes one record per logged step; a no-op on ranks other than 0."""
 
-    def __init__(self, run_dir: str, *, enabled: bool, tensorboard: bool, wandb_cfg: Any, config: dict):
+    def __init__(
+        self, run_dir: str, *, enabled: bool, tensorboard: bool, wandb_cfg: Any, config: dict
+    ):
         self.enabled = enabled
         self._tb = None
         self._wandb = None
@@ -79,9 +81,9 @@ class MetricsLogger:
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
         step = record["iteration"]
-        for key, value in record.items():
-            if key != "iteration" and isinstance(value, int | float) and value is not None:
-                if self._tb is not None:
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "iteration" and isinstance(value, int | float):
                     self._tb.add_scalar(key, value, step)
         if self._wandb is not None:
             self._wandb.log(record, step=step)

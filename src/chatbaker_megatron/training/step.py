@@ -34,7 +34,7 @@ class StepResult:
     update_successful: bool
 
 
-def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):  # noqa: ANN202
+def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     losses = output_tensor.float().reshape(-1)
     mask = loss_mask.float().reshape(-1)
     loss_sum = torch.sum(losses * mask)
@@ -63,7 +63,7 @@ def _packed(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Pa
     )
 
 
-def _forward_step(data_iterator, model):  # noqa: ANN001, ANN202 - megatron's callback contract
+def _forward_step(data_iterator, model):
     batch = next(data_iterator)
     packed = None
     if "cu_seqlens" in batch:

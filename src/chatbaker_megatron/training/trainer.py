@@ -170,7 +170,10 @@ class Trainer:
             f"iteration {self.state.iteration + 1}: non-finite loss {result.loss} or grad norm "
             f"{result.grad_norm}; update skipped ({self.state.skipped_steps} so far)"
         )
-        if self.cfg.train.nan_policy == "halt" or consecutive >= self.cfg.train.max_consecutive_skips:
+        if (
+            self.cfg.train.nan_policy == "halt"
+            or consecutive >= self.cfg.train.max_consecutive_skips
+        ):
             self.save()
             raise NonFiniteLossError(
                 f"{message}. Halting (train.nan_policy={self.cfg.train.nan_policy}, "
@@ -217,7 +220,9 @@ class Trainer:
                 self.metrics.log(record)
                 if self.rank0:
                     log.info(progress_line(record, self.total_iters, clock.eta(it)))
-            if cfg.train.eval_interval and (it % cfg.train.eval_interval == 0 or it == self.total_iters):
+            if cfg.train.eval_interval and (
+                it % cfg.train.eval_interval == 0 or it == self.total_iters
+            ):
                 valid_loss = self.evaluate()
                 if valid_loss is not None:
                     self.metrics.log({"iteration": it, "valid_loss": valid_loss})

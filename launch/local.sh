@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# One machine: `chatbaker train` starts torchrun itself with
+# cluster.devices_per_node processes (2 CPU ranks by default, 8 GPUs with
+# cluster=a100_8x1). Any Hydra override works, e.g. parallel=tp2.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec .venv/bin/python -m chatbaker_megatron.train "$@"
