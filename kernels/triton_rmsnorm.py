@@ -242,7 +242,11 @@ def _check_inputs(x: torch.Tensor, weight: torch.Tensor, max_block: int) -> None
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *, max_block: int = MAX_BLOCK
 ) -> torch.Tensor:
-    """RMSNorm of x over its last dim; output in x's dtype, weight of any float dtype."""
+    """RMSNorm of x over its last dim; output in x's dtype, weight of any float dtype.
+
+    Rows wider than `max_block` (a power of two) are processed in chunks of
+    that width; the default holds every LLaMA-sized row in one block.
+    """
     _check_inputs(x, weight, max_block)
     return RMSNormFunction.apply(x, None, weight, eps, max_block)
 
@@ -255,7 +259,11 @@ def add_rms_norm(
     *,
     max_block: int = MAX_BLOCK,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused pre-norm step: returns (rms_norm(x + residual), x + residual)."""
+    """Fused pre-norm step: returns (rms_norm(x + residual), x + residual).
+
+    x + residual is rounded to x's dtype before it is normalised, exactly as
+    the unfused `rms_norm(x + residual)`; `max_block` as for `rms_norm`.
+    """
     _check_inputs(x, weight, max_block)
     if residual.shape != x.shape or residual.dtype != x.dtype:
         raise ValueError(

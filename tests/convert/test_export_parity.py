@@ -82,8 +82,24 @@ def test_small_shards_stream_and_give_the_same_weights(layout_checkpoint, export
     )
 
 
-def test_export_import_export_is_byte_identical(ranks, exported, tmp_path):
-    first = exported("pp2_vpp2")
+def test_export_reads_one_layer_at_a_time(layout_checkpoint, tmp_path, monkeypatch):
+    from chatbaker_megatron.convert.reader import MegatronCheckpoint
+
+    reads: list[list[str]] = []
+    read = MegatronCheckpoint.read
+    monkeypatch.setattr(
+        MegatronCheckpoint, "read", lambda self, names: reads.append(names) or read(self, names)
+    )
+    _, root = layout_checkpoint("pp2_vpp2")
+    export_hf(root, tmp_path / "hf", progress=False)
+    assert len(reads) == tiny.TINY.num_layers + 2
+    for names in reads[1:-1]:
+        assert len({name.split(".")[2] for name in names}) == 1, f"one layer per read: {names}"
+
+
+@pytest.mark.parametrize("layout", ["pp2_vpp2", "tp1_sft"])
+def test_export_import_export_is_byte_identical(ranks, exported, layout, tmp_path):
+    first = exported(layout)
     imported = tmp_path / "imported"
     ranks.run(2, tiny.import_on_ranks, str(first), str(imported), 2, 1)
     second = tmp_path / "second"

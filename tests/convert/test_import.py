@@ -34,13 +34,14 @@ def random_hf(tokenizer_dir, tmp_path_factory):
 
 @pytest.mark.parametrize(
     "cfg",
-    [ParallelConfig(tp=2), ParallelConfig(pp=2, vpp=2)],
-    ids=["tp2", "pp2_loaded_with_vpp2"],
+    [ParallelConfig(tp=2), ParallelConfig(pp=2, vpp=2), ParallelConfig(tp=2, pp=2)],
+    ids=["tp2", "pp2_loaded_with_vpp2", "tp2_pp2"],
 )
 def test_imported_model_gives_transformers_logits(ranks, random_hf, cfg, tmp_path):
     output = tmp_path / "imported"
+    world = cfg.tp * cfg.pp
     ours = tiny.last_stage(
-        ranks.run(2, import_then_logits_on_ranks, str(random_hf), str(output), cfg)
+        ranks.run(world, import_then_logits_on_ranks, str(random_hf), str(output), cfg)
     )
     theirs = tiny.hf_logits(random_hf, tiny.tokens())
     diff = (ours[..., : tiny.VOCAB] - theirs).abs().max().item()
@@ -67,3 +68,49 @@ def test_layout_that_does_not_divide_the_model_is_refused(random_hf, tmp_path):
         import_hf(random_hf, tmp_path / "out", tp=3)
     with pytest.raises(ValueError, match=r"--pp=3: must be >= 1 and divide the 4 layers"):
         import_hf(random_hf, tmp_path / "out", pp=3)
+
+
+def test_cli_import_at_tp2_then_export_gives_the_same_model(random_hf, tmp_path):
+    """`chatbaker import-hf --tp 2` starts its two ranks with torchrun; `export-hf` reads them back."""
+    import subprocess
+    import sys
+
+    from chatbaker_megatron.cli import main as cli_main
+
+    imported = tmp_path / "imported"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chatbaker_megatron.cli",
+            "import-hf",
+            "--hf",
+            str(random_hf),
+            "--output",
+            str(imported),
+            "--tp",
+            "2",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "(tp=2, pp=1)" in run.stdout
+    exported = tmp_path / "exported"
+    assert (
+        cli_main(
+            ["export-hf", "--checkpoint", str(imported), "--output", str(exported), "--no-progress"]
+        )
+        == 0
+    )
+    torch.testing.assert_close(
+        tiny.hf_logits(exported, tiny.tokens()),
+        tiny.hf_logits(random_hf, tiny.tokens()),
+        rtol=0,
+        atol=0,
+    )
+    card = (exported / "README.md").read_text()
+    assert f"source: Hugging Face model {random_hf.name}" in card

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from chatbaker_megatron.cli import main as cli_main
@@ -137,8 +138,6 @@ def test_generate_refuses_blocked_input(exported, tmp_path, capsys):
 
 
 def test_prompt_longer_than_the_model_is_refused(exported):
-    import pytest
-
     backend = HFBackend(exported("tp1"))
     with pytest.raises(
         ValueError, match=f"attends over {tiny.TINY.max_position_embeddings} positions"

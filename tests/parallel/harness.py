@@ -140,6 +140,9 @@ class Pools:
         self._pools: dict[int, RankPool] = {}
 
     def run(self, world_size: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list:
+        # Big pools hold ~1 GB per rank: keep at most one of them alive.
+        for size in [s for s in self._pools if s > 2 and s != world_size]:
+            self.close(size)
         pool = self._pools.get(world_size)
         if pool is None or not pool.alive:
             pool = self._pools[world_size] = RankPool(world_size)

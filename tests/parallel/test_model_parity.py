@@ -8,11 +8,13 @@ must match the single-rank reference.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from chatbaker_megatron import parallel
-from chatbaker_megatron.config.model import ModelConfig
+from chatbaker_megatron.config.model import KernelsConfig, ModelConfig
 from chatbaker_megatron.config.optim import OptimConfig
 from chatbaker_megatron.config.parallel import ParallelConfig
 from chatbaker_megatron.model.sharding import full_state
@@ -65,11 +67,13 @@ def micro_batches(step: int, dp: int, dp_rank: int) -> list[dict[str, torch.Tens
     return out
 
 
-def train(cfg: ParallelConfig, init: dict[str, torch.Tensor] | None) -> dict:
+def train(
+    cfg: ParallelConfig, init: dict[str, torch.Tensor] | None, model: ModelConfig = MODEL
+) -> dict:
     """Run STEPS steps on this rank; return what every rank can compare."""
     ctx = parallel.initialize(cfg, seed=1234)
     engine = build_engine(
-        MODEL,
+        model,
         cfg,
         OPTIM,
         vocab_size=VOCAB,
@@ -114,6 +118,14 @@ CASES = {
 }
 
 
+# The fused Triton kernels (interpreted on CPU) in place of the torch ones.
+TRITON = dataclasses.replace(MODEL, kernels=KernelsConfig(attention="triton", norm="triton"))
+KERNEL_CASES = {
+    "single_rank_triton": (1, ParallelConfig(micro_batch_size=MICRO_BATCH)),
+    "tp2_sp_triton": (2, ParallelConfig(tp=2, sp=True, micro_batch_size=MICRO_BATCH)),
+}
+
+
 def assert_tensors_close(actual: dict, expected: dict, what: str, tol: dict) -> None:
     assert actual.keys() == expected.keys(), f"{what}: parameter names differ"
     for name, tensor in expected.items():
@@ -129,7 +141,16 @@ def test_reference_clips_every_step(reference):
 
 @pytest.mark.parametrize("case", CASES)
 def test_matches_single_rank(ranks, reference, case):
-    results = ranks.run(2, train, CASES[case], reference["initial"])
+    assert_matches(ranks.run(2, train, CASES[case], reference["initial"]), reference)
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES)
+def test_triton_kernels_match_torch_kernels(ranks, reference, case):
+    world, cfg = KERNEL_CASES[case]
+    assert_matches(ranks.run(world, train, cfg, reference["initial"], TRITON), reference)
+
+
+def assert_matches(results: list[dict], reference: dict) -> None:
     for rank, result in enumerate(results):
         torch.testing.assert_close(
             result["losses"],

@@ -9,6 +9,7 @@ tests here assert on that report. The in-process tests pretend CUDA is present
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import importlib
 import json
 import os
@@ -391,6 +392,14 @@ def test_config_overrides_on_gloo(monkeypatch):
 
 
 def test_config_overrides_on_nccl(monkeypatch):
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
     pretend_cuda(monkeypatch)
     assert platform.detect().backend == "nccl"
-    assert platform.megatron_config_overrides() == {}
+    overrides = platform.megatron_config_overrides()
+    assert "batch_p2p_comm" not in overrides
+    assert overrides["bias_activation_fusion"] is True
+    # Fused RoPE only with Transformer Engine (absent here).
+    has_te = importlib.util.find_spec("transformer_engine") is not None
+    assert overrides["apply_rope_fusion"] is has_te
+    assert set(overrides) <= {f.name for f in dataclasses.fields(TransformerConfig)}

@@ -166,6 +166,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-shard-size", default=DEFAULT_SHARD_SIZE, help="e.g. 2GB, 500MB")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="then compare our logits with transformers' on the export (loads the model twice)",
+    )
+    parser.add_argument(
+        "--verify-atol", type=float, default=1e-4, help="largest logit difference --verify accepts"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -183,4 +191,15 @@ def run(args: argparse.Namespace) -> int:
         f"exported {result.checkpoint} -> {result.output} "
         f"({len(result.shards)} shard(s), {size:.1f} MiB of weights)"
     )
-    return 0
+    if not args.verify:
+        return 0
+    from chatbaker_megatron.convert.verify import compare_logits
+
+    check = compare_logits(result.checkpoint, result.output, tokenizer_dir=args.tokenizer)
+    verdict = "ok" if check.max_abs_diff <= args.verify_atol else "FAILED"
+    print(
+        f"verify {verdict}: max |logits(ours) - logits(transformers)| = {check.max_abs_diff:.3e} "
+        f"over {check.tokens} tokens (|logits| up to {check.max_abs_logit:.2f}, "
+        f"accepted <= {args.verify_atol:g})"
+    )
+    return 0 if verdict == "ok" else 1

@@ -28,7 +28,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +53,11 @@ class _HFState(Mapping):
     def __init__(
         self, weights: HFWeights, spec: HFModelSpec, arch: Arch, vocab_rows: int, bar: tqdm
     ) -> None:
-        self.weights, self.spec, self.arch, self.vocab_rows, self.bar = (
-            weights,
-            spec,
-            arch,
-            vocab_rows,
-            bar,
-        )
+        self.weights = weights
+        self.spec = spec
+        self.arch = arch
+        self.vocab_rows = vocab_rows
+        self.bar = bar
 
     def _fetch(self, hf_name: str) -> torch.Tensor:
         if (
@@ -168,7 +166,7 @@ def import_hf(
     provenance = _read_provenance(hf_dir, spec)
     name = ((provenance.get("config") or {}).get("model") or {}).get("name")
     if name:
-        spec.model.name = name
+        spec = replace(spec, model=replace(spec.model, name=name))
     if spec.vocab_size < tokenizer.vocab_size:
         raise ValueError(
             f"{hf_dir / 'config.json'}: vocab_size={spec.vocab_size} is smaller than the "

@@ -86,7 +86,11 @@ class MegatronCheckpoint:
         return self.common["config"]
 
     def _index(self, metadata: dict[str, Any]) -> dict[str, _Entry]:
-        """Global name -> where it is stored. Model keys carry the wrappers' prefix (`module.`)."""
+        """Global name -> where it is stored.
+
+        Keys are the GPTModel's own names, possibly under a wrapper's prefix
+        (checkpoints saved from DDP-wrapped chunks have `module.`).
+        """
         candidates = [
             k for k in metadata if k.endswith(EMBEDDING) and not k.startswith("optimizer.")
         ]

@@ -36,13 +36,15 @@ def write_tokenizer(src: Path, dst: Path, template: ChatTemplate | None) -> None
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
     jinja = (src / JINJA_FILE).read_text(encoding="utf-8") if (src / JINJA_FILE).is_file() else None
     if template is not None:
-        config["chat_template"] = jinja = chat_template_jinja(template)
+        config["chat_template"] = chat_template_jinja(template)
         write_template(dst / TEMPLATE_FILE, template)
+        if jinja is not None:
+            # transformers 5 prefers this file over the config's chat_template: keep them equal.
+            jinja = config["chat_template"]
     (dst / CONFIG_FILE).write_text(
         json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     if jinja is not None:
-        # transformers 5 prefers this file over the config's chat_template: keep them equal.
         (dst / JINJA_FILE).write_text(jinja, encoding="utf-8")
 
 

@@ -7,11 +7,9 @@ overwrites the cache from there, so a chat turn only runs the tokens that
 changed since the last turn.
 
 Megatron: megatron-core's own KV cache (`StaticInferenceContext`) on
-GPTModel, in one process at TP=1, PP=1. One thing is added: megatron hands
-core attention the cached keys (longer than the new queries) and expects
-the attention to align the causal mask to the end, while our CoreAttention
-(model/layers.py) only handles equal lengths, as training needs. `CachedAttention`
-wraps it for the longer-keys case; equal lengths still run CoreAttention.
+GPTModel, in one process at TP=1, PP=1: megatron hands core attention the
+cached keys (longer than the new queries) and the torch attention backend
+aligns the causal mask to the end (model/dispatch.py).
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 
 from chatbaker_megatron.data.templates import ChatTemplate
 from chatbaker_megatron.data.tokenizer import ChatBakerTokenizer, load_tokenizer
@@ -35,49 +32,6 @@ class Backend(Protocol):
     def forward(self, ids: list[int], start: int) -> torch.Tensor:
         """Logits [vocab] after `ids` placed at positions start.. (the cache holds < start)."""
         ...
-
-
-class CachedAttention(torch.nn.Module):
-    """Causal attention of new queries over cached + new keys ([s, b, heads, dim] layout)."""
-
-    def __init__(self, inner: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        attn_mask_type: object = None,
-        attention_bias: torch.Tensor | None = None,
-        packed_seq_params: object = None,
-    ) -> torch.Tensor:
-        if query.shape[0] == key.shape[0]:
-            return self.inner(
-                query,
-                key,
-                value,
-                attention_mask,
-                attn_mask_type=attn_mask_type,
-                attention_bias=attention_bias,
-                packed_seq_params=packed_seq_params,
-            )
-        from torch.nn.attention.bias import causal_lower_right
-
-        # [s, b, h, d] -> [b, h, s, d]; query i sits at position (keys - queries + i).
-        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
-        mask = causal_lower_right(query.shape[0], key.shape[0])
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            scale=self.inner.softmax_scale,
-            enable_gqa=q.shape[1] != k.shape[1],
-        )
-        return out.permute(2, 0, 1, 3).reshape(query.shape[0], query.shape[1], -1)
 
 
 class MegatronBackend:
@@ -97,10 +51,6 @@ class MegatronBackend:
         self.max_length = max_length
         self.template = template
         self.device = next(model.parameters()).device
-        for layer in model.decoder.layers:
-            attention = layer.self_attention
-            if not isinstance(attention.core_attention, CachedAttention):
-                attention.core_attention = CachedAttention(attention.core_attention)
         self.context = StaticInferenceContext(max_batch_size=1, max_sequence_length=max_length)
 
     @torch.no_grad()

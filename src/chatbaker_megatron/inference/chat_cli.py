@@ -106,6 +106,21 @@ class ChatSession:
         return result
 
 
+class _ReplyPrinter:
+    """Streams one reply without its opening whitespace (templates reply with " {content}")."""
+
+    def __init__(self, show: Callable[[str], None]) -> None:
+        self.show = show
+        self.started = False
+
+    def __call__(self, piece: str) -> None:
+        if not self.started:
+            piece = piece.lstrip()
+            self.started = bool(piece)
+        if piece:
+            self.show(piece)
+
+
 def repl(session: ChatSession, stdin: TextIO, stdout: TextIO) -> None:
     interactive = stdin.isatty()
 
@@ -130,7 +145,7 @@ def repl(session: ChatSession, stdin: TextIO, stdout: TextIO) -> None:
             continue
         show("bot> ")
         try:
-            outcome = session.reply(text, on_text=show)
+            outcome = session.reply(text, on_text=_ReplyPrinter(show))
         except ValueError as err:
             show(f"[{err}]\n")
             continue

@@ -18,8 +18,9 @@ Functional contracts (every backend except `te` implements exactly these;
 - add_norm:  fn(x, residual, weight, eps) -> (norm(x + residual), x + residual)
 - attention: fn(q, k, v, *, softmax_scale, cu_seqlens=None, max_seqlen=None) -> out
     dense:  q [b, s, hq, d], k/v [b, s, hkv, d], causal
-    varlen: q [t, hq, d], k/v [t, hkv, d], cu_seqlens int32 [n+1], causal
-            within each sequence, no attention across sequence boundaries.
+    varlen: q [t, hq, d], k/v [t, hkv, d], cu_seqlens int32 [n+1] with
+            cu_seqlens[-1] == t, causal within each sequence, no attention
+            across sequence boundaries.
   hq must be a multiple of hkv (GQA).
 
 Availability checks only look for installed modules (`importlib.util.find_spec`)
@@ -38,6 +39,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 from chatbaker_megatron.config.model import KernelsConfig
 
@@ -85,14 +87,18 @@ def torch_attention(
     """Reference causal attention on `scaled_dot_product_attention`.
 
     Varlen input uses a block-diagonal causal mask (memory O(t^2): fine for the
-    reference path, which is what CPUs and tests run).
+    reference path, which is what CPUs and tests run). Dense input may have
+    more keys than queries (decoding with a KV cache): query i then sits at
+    position sk - sq + i, so the causal mask is aligned to the end.
     """
     groups = q.shape[-2] // k.shape[-2]
     if cu_seqlens is None:
+        sq, sk = q.shape[1], k.shape[1]
+        causal = {"is_causal": True} if sq == sk else {"attn_mask": causal_lower_right(sq, sk)}
         # [b, s, h, d] -> [b, h, s, d]
         qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
         out = F.scaled_dot_product_attention(
-            qh, kh, vh, is_causal=True, scale=softmax_scale, enable_gqa=groups > 1
+            qh, kh, vh, scale=softmax_scale, enable_gqa=groups > 1, **causal
         )
         return out.transpose(1, 2)
     mask = _block_diagonal_causal_mask(cu_seqlens, q.shape[0])
@@ -104,21 +110,13 @@ def torch_attention(
     return out.squeeze(0).transpose(0, 1)
 
 
-def torch_add_rms_norm(
-    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference pre-norm step: (norm(x + residual), x + residual)."""
-    h = x + residual
-    return torch_rms_norm(h, weight, eps), h
-
-
 class NormOps(NamedTuple):
     norm: NormFn
     add_norm: AddNormFn
 
 
 def _add_then_norm(norm: NormFn) -> AddNormFn:
-    """add_norm for a backend whose kernel has no fused residual add."""
+    """add_norm for a backend whose kernel has no fused residual add (torch, apex)."""
 
     def add_norm(
         x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
@@ -134,7 +132,7 @@ def _add_then_norm(norm: NormFn) -> AddNormFn:
 
 @functools.cache
 def _torch_norm_ops() -> NormOps:
-    return NormOps(torch_rms_norm, torch_add_rms_norm)
+    return NormOps(torch_rms_norm, _add_then_norm(torch_rms_norm))
 
 
 @functools.cache

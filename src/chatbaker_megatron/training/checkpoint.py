@@ -242,6 +242,9 @@ def load_checkpoint(path: str, engine: Engine, *, weights_only: bool = False) ->
     for i, chunk in enumerate(engine.chunks):
         unwrap(chunk).load_state_dict(loaded[f"model{i}"])
     if weights_only:
+        # bf16/fp16: the optimizer's fp32 main params were copied from the random
+        # init; without this the first step would overwrite the loaded weights.
+        engine.optimizer.reload_model_params()
         log.info("loaded model weights from %s", path)
         return TrainState()
     engine.optimizer.load_state_dict(loaded["optimizer"])
