@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PYTHON ?= $(shell scripts/find-python.sh)
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo lint format check-cuda lint-docker ci clean
+.PHONY: setup test demo demo-hf lint format check-cuda lint-docker ci clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,15 @@ demo: setup
 	$(BIN)/chatbaker train run_dir=runs/demo
 	@echo "== metrics:     runs/demo/metrics.jsonl (TensorBoard: runs/demo/tensorboard)"
 	@echo "== checkpoints: runs/demo/checkpoints (latest -> $$(cat runs/demo/checkpoints/latest))"
+
+# After `make demo`: export to Hugging Face (checking logits against
+# transformers), generate, and evaluate on the bundled local task samples.
+demo-hf: setup
+	test -f runs/demo/checkpoints/latest || $(MAKE) demo
+	$(BIN)/chatbaker export-hf --checkpoint runs/demo/checkpoints --output runs/demo/hf --overwrite --verify
+	$(BIN)/chatbaker generate --hf runs/demo/hf --prompt "대한민국은" --max-new-tokens 30 --greedy
+	$(BIN)/chatbaker eval --hf runs/demo/hf --tasks kobest_local,english_local --output runs/demo/eval
+	@echo "== chat with it: $(BIN)/chatbaker chat --hf runs/demo/hf"
 
 lint: setup
 	$(BIN)/ruff check src kernels tests benchmarks conf scripts

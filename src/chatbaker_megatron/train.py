@@ -31,7 +31,9 @@ def _quiet_dependency_warnings() -> None:
     per step) about optional GPU packages and APIs this project does not use."""
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.distributed\.checkpoint")
+    warnings.filterwarnings(
+        "ignore", category=UserWarning, module=r"torch\.distributed\.checkpoint"
+    )
 
 
 def _setup_logging(run_dir: str) -> None:

@@ -9,8 +9,8 @@ tests here assert on that report. The in-process tests pretend CUDA is present
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import importlib
+import importlib.util
 import json
 import os
 import subprocess
