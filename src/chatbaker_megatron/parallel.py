@@ -19,12 +19,11 @@ class TopologyError(ValueError):
 
 
 def data_parallel_size(cfg: ParallelConfig, world_size: int) -> int:
-    """world / (tp * pp * cp), or a TopologyError naming the keys that do not fit."""
-    if cfg.cp != 1:
-        raise TopologyError(f"parallel.cp={cfg.cp}: only context parallel size 1 is supported")
-    for key in ("tp", "pp", "cp", "micro_batch_size"):
-        if getattr(cfg, key) < 1:
-            raise TopologyError(f"parallel.{key}={getattr(cfg, key)}: expected >= 1")
+    """world / (tp * pp * cp), or a TopologyError naming the keys that do not fit.
+
+    The config-only checks (sp needs tp, vpp needs pp, ...) run earlier, in
+    config/schema.validate; this one needs the world the process actually got.
+    """
     model_parallel = cfg.tp * cfg.pp * cfg.cp
     if world_size % model_parallel:
         raise TopologyError(
@@ -35,15 +34,6 @@ def data_parallel_size(cfg: ParallelConfig, world_size: int) -> int:
     if cfg.dp is not None and cfg.dp != dp:
         raise TopologyError(
             f"parallel.dp={cfg.dp} but world size {world_size} / (tp*pp*cp={model_parallel}) gives {dp}"
-        )
-    if cfg.sp and cfg.tp == 1:
-        raise TopologyError(
-            "parallel.sp=true needs parallel.tp > 1 (sequence parallel splits over TP)"
-        )
-    if cfg.vpp is not None and (cfg.vpp < 1 or cfg.pp == 1):
-        raise TopologyError(
-            f"parallel.vpp={cfg.vpp}: virtual pipeline stages need parallel.pp > 1 and vpp >= 1 "
-            "(use null for none)"
         )
     return dp
 

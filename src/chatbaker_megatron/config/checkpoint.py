@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass
 class CheckpointConfig:
-    # Directory of iter_XXXXXXX checkpoints and the `latest` marker; null = <run_dir>/checkpoints.
+    # Directory of iter_NNNNNNN checkpoints and the `latest` marker; null = <run_dir>/checkpoints.
     dir: str | None = None
     save_interval: int | None = 100  # iterations; null = only at the end / on exit
     keep_last: int = 2  # older checkpoints are deleted after a newer one is complete

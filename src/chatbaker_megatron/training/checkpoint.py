@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -50,7 +50,6 @@ class TrainState:
     consumed_samples: int = 0
     consumed_valid_samples: int = 0
     skipped_steps: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class CheckpointError(RuntimeError):

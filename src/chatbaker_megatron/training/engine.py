@@ -32,11 +32,6 @@ class Engine:
     chunks: list[torch.nn.Module]
     optimizer: MegatronOptimizer
     scheduler: OptimizerParamScheduler
-    params_dtype: torch.dtype
-
-    @property
-    def config(self):
-        return self.chunks[0].config
 
 
 def _wire_schedule_hooks(
@@ -156,6 +151,4 @@ def build_engine(
         wd_incr_steps=decay_iters * global_batch_size,
         wd_incr_style="constant",
     )
-    return Engine(
-        chunks=chunks, optimizer=optimizer, scheduler=scheduler, params_dtype=params_dtype
-    )
+    return Engine(chunks=chunks, optimizer=optimizer, scheduler=scheduler)
