@@ -74,7 +74,8 @@ setup(
         "megatron-core>=0.19,<0.20",
         "numpy",
         "hydra-core>=1.3",
-        "tokenizers>=0.20",
+        "tokenizers>=0.21",  # encode_batch_fast
+        "pyyaml",  # chat templates as YAML files
         "rich",
         "tqdm",
         "psutil",
