@@ -1,30 +1,39 @@
 # ChatBaker training image: NVIDIA's PyTorch container (CUDA, NCCL, Transformer
 # Engine, flash-attn and apex preinstalled) plus this package at pinned versions.
 # Build:  docker build -t chatbaker-megatron .
-# Run:    see launch/ (torchrun on every node; SLURM: launch/slurm_a100x256.sbatch)
+# Run:    docker run --gpus all chatbaker-megatron [train] [OVERRIDES]   (one node, all GPUs)
+#         multi-node: also -e MASTER_ADDR -e NNODES -e NODE_RANK; see launch/docker-entrypoint.sh
 FROM nvcr.io/nvidia/pytorch:25.01-py3
 
+# The ranks' environment (CUDA_DEVICE_MAX_CONNECTIONS, NCCL) is set by
+# src/chatbaker_megatron/launch.py, which the entrypoint runs.
+# TORCH_CUDA_ARCH_LIST: build the CUDA extension for A100 and H100 although
+# `docker build` sees no GPU (setup.py builds it when this is set).
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    NCCL_ASYNC_ERROR_HANDLING=1 \
-    TORCH_NCCL_ASYNC_ERROR_HANDLING=1
+    TORCH_CUDA_ARCH_LIST="8.0;9.0"
 
 WORKDIR /workspace/chatbaker_megatron
 
-# Dependencies first, for layer caching. The NGC image's own torch, TE,
-# flash-attn and apex are kept: only this project's other pins are installed.
+# Dependencies first, for layer caching. The NGC image's own torch (a 2.6.0a0
+# pre-release, which pip would "upgrade" to satisfy megatron-core's
+# torch>=2.6.0), numpy, TE, flash-attn and apex are kept: the image's exact
+# torch/numpy versions are pinned as constraints, on top of this project's
+# other pins.
 COPY constraints.txt setup.py pyproject.toml README.md ./
 COPY src ./src
 COPY kernels ./kernels
 COPY conf ./conf
-RUN grep -vE '^(torch|triton|nvidia-|cuda-)' constraints.txt > /tmp/constraints-ngc.txt \
-    && pip install --no-deps --no-build-isolation -e . \
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+RUN grep -vE '^(torch|triton|numpy|nvidia-|cuda-)' constraints.txt > /tmp/constraints-ngc.txt \
+    && pip list --format=freeze | grep -E '^(torch|numpy)==' >> /tmp/constraints-ngc.txt \
+    && CHATBAKER_BUILD_CUDA=1 pip install --no-deps --no-build-isolation -e . \
     && pip install -c /tmp/constraints-ngc.txt "megatron-core==0.19.2" hydra-core tokenizers \
        transformers safetensors lm-eval rich tqdm psutil tensorboard matplotlib \
-    && python -c "import chatbaker_megatron, megatron.core"
+    && python -c "import chatbaker_megatron, megatron.core, importlib.util as u; assert u.find_spec('chatbaker_kernels._cuda_rmsnorm')"
 
 COPY launch ./launch
 COPY scripts ./scripts
 
 ENTRYPOINT ["launch/docker-entrypoint.sh"]
-CMD ["experiment=plm_1.3b_a100x256"]
+CMD ["train"]

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PYTHON ?= $(shell scripts/find-python.sh)
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo demo-hf lint format check-cuda lint-docker ci clean
+.PHONY: setup test demo demo-hf lint format check-cuda lint-docker ci clean gpu-check gpu-wheels
 
 setup: $(STAMP)
 
@@ -58,6 +58,16 @@ check-cuda: setup
 
 lint-docker: setup
 	$(BIN)/hadolint Dockerfile
+
+# On a machine with one or two NVIDIA GPUs and no network: install from
+# .gpu-wheels, then kernels, benchmarks, training, HF export, NCCL tests;
+# report in $(OUT) (docs/gpu.md). Without a GPU it says so and fails at once.
+gpu-check:
+	scripts/gpu-check.sh $(if $(OUT),--out $(OUT))
+
+# Where PyPI is reachable: the wheels gpu-check installs (.gpu-wheels/, ~3 MB).
+gpu-wheels: setup
+	PYTHON=$(BIN)/python scripts/gpu-wheels.sh
 
 ci: test lint check-cuda lint-docker
 

@@ -1,8 +1,12 @@
 """Packaging for chatbaker_megatron (src/) and chatbaker_kernels (kernels/).
 
-The CUDA RMSNorm extension is built only when a CUDA toolkit and a CUDA build
-of torch are present at install time; it is never required (the Triton and
-PyTorch paths cover every op).
+The CUDA RMSNorm extension is optional (the Triton and PyTorch paths cover
+every op). CHATBAKER_BUILD_CUDA=1 builds it, =0 never does; unset, it is built
+when torch is a CUDA build (torch.version.cuda), a CUDA toolkit is found
+(CUDA_HOME / nvcc) and the target GPUs are known: a visible GPU, or
+TORCH_CUDA_ARCH_LIST (how `docker build`, which has no GPU, asks for sm_80 and
+sm_90). So a GPU-less dev machine with nvcc and a CUDA torch wheel (`make
+setup` in CI) installs without compiling.
 """
 
 import os
@@ -34,19 +38,27 @@ def _package_tree() -> tuple[list[str], dict[str, str]]:
 
 def _cuda_extensions() -> tuple[list, dict]:
     """The optional CUDA extension, when this machine can build it."""
-    if os.environ.get("CHATBAKER_SKIP_CUDA_EXT") == "1":
+    wanted = os.environ.get("CHATBAKER_BUILD_CUDA")
+    if wanted == "0":
         return [], {}
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
     except ImportError:
         return [], {}
-    if CUDA_HOME is None or not torch.cuda.is_available():
+    # torch.version.cuda, not torch.cuda.is_available() alone: `docker build` has no GPU.
+    targets_known = bool(os.environ.get("TORCH_CUDA_ARCH_LIST")) or torch.cuda.is_available()
+    if wanted != "1" and (torch.version.cuda is None or CUDA_HOME is None or not targets_known):
         return [], {}
     ext = CUDAExtension(
         name="chatbaker_kernels._cuda_rmsnorm",
         sources=["kernels/csrc/rmsnorm_binding.cpp", "kernels/csrc/rmsnorm.cu"],
-        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math"]},
+        # C++20 (templated lambdas in rmsnorm.cu), explicitly: torch < 2.8
+        # defaults to C++17. scripts/check-cuda.sh compiles with the same flag.
+        extra_compile_args={
+            "cxx": ["-O3", "-std=c++20"],
+            "nvcc": ["-O3", "--use_fast_math", "-std=c++20"],
+        },
     )
     return [ext], {"build_ext": BuildExtension}
 

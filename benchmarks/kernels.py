@@ -1,13 +1,14 @@
 """Kernel benchmark: forward+backward time and throughput of every backend against PyTorch.
 
-    python benchmarks/kernels.py [--tokens 16384] [--iters 20] [--ops attention norm]
+    python benchmarks/kernels.py [--tokens 16384] [--iters 20] [--ops attention norm] [--json PATH]
 
 For the 1.3B (hidden 2048, 32 heads x 64) and 7B (hidden 4096, 32 heads x 128)
 shapes at sequence lengths 2048 and 4096, with `--tokens` tokens per step
 (batch = tokens / seq), bf16, it times every backend the dispatcher finds here
 (plus Transformer Engine's modules when installed) and prints one table:
 forward ms, forward+backward ms, achieved throughput, % of the GPU's peak and
-the speed-up over the PyTorch reference (`torch` row).
+the speed-up over the PyTorch reference (`torch` row). `--json PATH` also
+writes the device, its peaks and the rows (scripts/gpu_check.py reads it).
 
 Throughput formulas (the usual FlashAttention-2 / bandwidth conventions):
 - causal attention, forward FLOPs = 4 * b * h * s^2 * d / 2 (QK^T and PV,
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,7 +61,8 @@ class Timing:
     fwd_bwd_ms: float
 
 
-def _peak(device_name: str) -> tuple[float, float] | None:
+def device_peak(device_name: str) -> tuple[float, float] | None:
+    """(bf16 FLOP/s, HBM bytes/s) of a device named like torch.cuda.get_device_name()."""
     return next((peak for name, peak in PEAKS.items() if name in device_name), None)
 
 
@@ -252,13 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ops", nargs="+", default=["attention", "norm"], choices=["attention", "norm"]
     )
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/kernels.py needs a CUDA GPU and found none; nothing to measure.")
         return 0
 
     device_name = torch.cuda.get_device_name()
-    peak = _peak(device_name)
+    peak = device_peak(device_name)
     print(
         f"{device_name}: peak bf16 {peak[0] / 1e12:.0f} TFLOP/s, HBM {peak[1] / 1e12:.2f} TB/s"
         if peak
@@ -286,6 +290,15 @@ def main(argv: list[str] | None = None) -> int:
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+    if args.json:
+        record = {
+            "device": device_name,
+            "peak_tflops": peak[0] / 1e12 if peak else None,
+            "peak_hbm_gbs": peak[1] / 1e9 if peak else None,
+            "rows": [dict(zip(header, row, strict=True)) for row in rows],
+        }
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2)
     return 0
 
 

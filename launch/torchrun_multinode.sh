@@ -4,17 +4,11 @@
 #     launch/torchrun_multinode.sh experiment=plm_1.3b_a100x256
 # Every rank composes the same Hydra config from the same overrides; the run
 # directory (run_dir) must be on a filesystem all nodes share (checkpoints).
+# The torchrun command line (signals forwarded to the ranks) and the ranks'
+# environment (CUDA_DEVICE_MAX_CONNECTIONS, NCCL) come from
+# src/chatbaker_megatron/launch.py, which replaces this process with torchrun.
 set -euo pipefail
-: "${MASTER_ADDR:?set MASTER_ADDR to the first node's address}"
+: "${MASTER_ADDR:?set MASTER_ADDR to the address of node 0}"
 : "${NNODES:?set NNODES}"
 : "${NODE_RANK:?set NODE_RANK (0..NNODES-1)}"
-MASTER_PORT=${MASTER_PORT:-29500}
-GPUS_PER_NODE=${GPUS_PER_NODE:-8}
-exec torchrun \
-  --nnodes="$NNODES" \
-  --node-rank="$NODE_RANK" \
-  --nproc-per-node="$GPUS_PER_NODE" \
-  --rdzv-backend=c10d \
-  --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" \
-  --rdzv-id="${RDZV_ID:-chatbaker}" \
-  -m chatbaker_megatron.train "$@"
+exec "${PYTHON:-python}" -m chatbaker_megatron.launch "$@"

@@ -12,7 +12,7 @@
 #    memory that does not fit, register spills in the 16-bit kernels.
 # Exits non-zero if anything fails; prints every failure, not only the first.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 PYTHON=${PYTHON:-.venv/bin/python}
 NVCC=${NVCC:-nvcc}
@@ -40,7 +40,8 @@ PY
 )
 abi=$("$PYTHON" -c "import torch; print(int(torch.compiled_with_cxx11_abi()))")
 defines=(-DTORCH_EXTENSION_NAME=_cuda_rmsnorm "-D_GLIBCXX_USE_CXX11_ABI=$abi")
-# torch.utils.cpp_extension.COMMON_NVCC_FLAGS plus setup.py's extra flags.
+# torch.utils.cpp_extension.COMMON_NVCC_FLAGS plus setup.py's extra flags,
+# -std=c++20 included (rmsnorm.cu's templated lambdas; setup.py passes it too).
 nvcc_flags=(
   -std=c++20 -O3 --use_fast_math --expt-relaxed-constexpr --compiler-options -fPIC
   -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__

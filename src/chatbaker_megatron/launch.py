@@ -1,23 +1,67 @@
 """Start torchrun for a run when the train command is not already under it.
 
-`chatbaker train` and Hydra multirun points call this from a plain process:
-it builds the torchrun command for this node (rendezvous from MASTER_ADDR /
-MASTER_PORT / NNODES / NODE_RANK, or from SLURM's variables) and runs it.
-Under torchrun (LOCAL_RANK set) training starts directly instead.
+Two ways in, one place for the torchrun command line and the ranks' environment:
+
+- `chatbaker train` and Hydra multirun points call `run_torchrun` from a plain
+  process: it builds the torchrun command for this node (rendezvous from
+  MASTER_ADDR / MASTER_PORT / NODE_RANK, or from SLURM's variables, when
+  `cluster.nodes > 1`), runs it as a child and forwards SIGTERM/SIGUSR1/SIGINT
+  to it. Under torchrun (LOCAL_RANK set) training starts directly instead.
+- `python -m chatbaker_megatron.launch [OVERRIDES]` is what the shell scripts
+  (launch/torchrun_multinode.sh, the SLURM batch script, the Docker
+  entrypoint) run: with MASTER_ADDR / NNODES / NODE_RANK in the environment it
+  replaces itself with this node's torchrun (multi-node); without them it
+  replaces itself with `chatbaker train` on this node's GPUs (single node).
+  `--dry-run` prints the command instead of running it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
+from types import FrameType
 
 log = logging.getLogger(__name__)
+
+TRAIN_MODULE = "chatbaker_megatron.train"
+
+# The environment every rank starts with (values already set by the user win).
+RANK_ENV = {
+    # megatron's tensor/sequence-parallel communication overlap relies on the
+    # kernels being queued in issue order, which needs a single hardware queue.
+    "CUDA_DEVICE_MAX_CONNECTIONS": "1",
+    # A failed or hung NCCL collective aborts the process (and so the job)
+    # instead of leaving the other ranks blocked until the time limit.
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+    # After forwarding a stop signal, torchrun waits this many seconds for its
+    # ranks before SIGKILL (default 30): enough to finish the current step and
+    # write a checkpoint, and less than the sbatch's 120 s warning.
+    "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "100",
+}
+
+# torchrun's default set plus SIGUSR1: SLURM's warning before the time limit,
+# which the trainer turns into a checkpoint and a clean exit. torchrun forwards
+# each of these to its ranks; any other signal would kill it and orphan them.
+TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+# What the launcher process passes on to its torchrun child.
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+MULTINODE_VARS = ("MASTER_ADDR", "NNODES", "NODE_RANK")
 
 
 def under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def rank_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """`base` (default: this process's environment) with RANK_ENV's defaults added,
+    and the signal list for torchruns that read it from the environment."""
+    defaults = {**RANK_ENV, "TORCHELASTIC_SIGNALS_TO_HANDLE": TORCHRUN_SIGNALS}
+    return {**defaults, **(os.environ if base is None else base)}
 
 
 def _first_slurm_host() -> str:
@@ -28,9 +72,28 @@ def _first_slurm_host() -> str:
     return hosts[0]
 
 
-def torchrun_command(nnodes: int, nproc_per_node: int, module: str, args: list[str]) -> list[str]:
+def _signal_flags() -> list[str]:
+    """Make torchrun forward SIGUSR1 too (the flag exists since torch 2.9; older
+    torchruns read the same list from TORCHELASTIC_SIGNALS_TO_HANDLE or, before
+    that, handle only their default signals)."""
+    from torch.distributed.launcher.api import LaunchConfig
+
+    if "signals_to_handle" in LaunchConfig.__dataclass_fields__:
+        return [f"--signals-to-handle={TORCHRUN_SIGNALS}"]
+    return []
+
+
+def torchrun_command(
+    nnodes: int, nproc_per_node: int, module: str, args: list[str], rdzv_id: str | None = None
+) -> list[str]:
     """The torchrun command line for this node."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc_per_node}",
+        *_signal_flags(),
+    ]
     if nnodes == 1:
         cmd.append("--standalone")
     else:
@@ -51,10 +114,99 @@ def torchrun_command(nnodes: int, nproc_per_node: int, module: str, args: list[s
             "--rdzv-backend=c10d",
             f"--rdzv-endpoint={master}:{port}",
         ]
+        if rdzv_id is not None:
+            cmd.append(f"--rdzv-id={rdzv_id}")
     return [*cmd, "-m", module, *args]
 
 
 def run_torchrun(nnodes: int, nproc_per_node: int, module: str, args: list[str]) -> int:
+    """Run torchrun as a child and wait for it; 0 after a forwarded SIGTERM/SIGUSR1.
+
+    The child gets its own process group, so a terminal's Ctrl-C reaches it
+    once (through the handler below), not twice: a second signal would cut
+    torchrun's wait for its ranks short and orphan them.
+    """
     cmd = torchrun_command(nnodes, nproc_per_node, module, args)
     log.info("launching: %s", " ".join(cmd))
-    return subprocess.run(cmd, check=False).returncode
+    env = rank_env()
+    proc = subprocess.Popen(cmd, env=env, process_group=0)
+    received: list[int] = []
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    stops = [signal.Signals(s).name for s in received if s in STOP_SIGNALS]
+    if stops and code in (0, 1):
+        # torchrun exits 1 after any signal it forwarded, once its ranks are
+        # gone; the trainer has checkpointed and stopped on its own by then.
+        log.info("stopped on %s (checkpoint: see train.log)", stops[0])
+        return 0
+    return code
+
+
+def _local_gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def node_command(overrides: list[str]) -> list[str]:
+    """What this node runs for `python -m chatbaker_megatron.launch OVERRIDES`.
+
+    Multi-node when any of MASTER_ADDR / NNODES / NODE_RANK is set (all three
+    are then required; GPUS_PER_NODE defaults to 8, RDZV_ID names the
+    rendezvous): torchrun itself, so that a scheduler's signal reaches it
+    directly. Single node otherwise: `chatbaker train` on this node's GPUs
+    (GPUS_PER_NODE, else all that are visible; none: the config's
+    cluster.devices_per_node, e.g. the 2 CPU ranks of the default config).
+    """
+    if any(v in os.environ for v in MULTINODE_VARS):
+        missing = [v for v in MULTINODE_VARS if not os.environ.get(v)]
+        if missing:
+            raise SystemExit(
+                f"multi-node launch: set {', '.join(missing)} too "
+                f"(or none of {', '.join(MULTINODE_VARS)} for one node)"
+            )
+        nnodes, gpus = int(os.environ["NNODES"]), int(os.environ.get("GPUS_PER_NODE", "8"))
+        cluster = [f"cluster.nodes={nnodes}", f"cluster.devices_per_node={gpus}"]
+        return torchrun_command(
+            nnodes,
+            gpus,
+            TRAIN_MODULE,
+            [*cluster, *overrides],
+            rdzv_id=os.environ.get("RDZV_ID", "chatbaker"),
+        )
+    gpus = int(os.environ.get("GPUS_PER_NODE") or _local_gpu_count())
+    cluster = ["cluster.nodes=1"] + ([f"cluster.devices_per_node={gpus}"] if gpus else [])
+    return [sys.executable, "-m", TRAIN_MODULE, *cluster, *overrides]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m chatbaker_megatron.launch [--dry-run] [OVERRIDES...]`.
+
+    Everything after an optional leading --dry-run goes to the train command
+    unchanged (Hydra overrides, --cfg job, -m), so no argparse here.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    dry_run = args[:1] == ["--dry-run"]
+    cmd = node_command(args[1:] if dry_run else args)
+    env = rank_env()
+    if dry_run:
+        print(" ".join(cmd))
+        for key in sorted(RANK_ENV):
+            print(f"{key}={env[key]}")
+        return
+    sys.stdout.flush()
+    os.execve(cmd[0], cmd, env)
+
+
+if __name__ == "__main__":
+    main()

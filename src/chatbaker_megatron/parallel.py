@@ -6,7 +6,6 @@ import datetime
 import os
 from dataclasses import dataclass
 
-import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
@@ -56,18 +55,15 @@ def initialize(cfg: ParallelConfig, *, seed: int, timeout_minutes: int = 30) -> 
 
     A single process without torchrun's environment runs as a world of one.
     """
-    plat = platform.detect()
-    platform.apply_megatron_cpu_compat()
+    plat = platform.prepare_megatron()
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29500")
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
-        if plat.is_cuda:
-            torch.cuda.set_device(plat.device)
-        dist.init_process_group(
-            backend=plat.backend, timeout=datetime.timedelta(minutes=timeout_minutes)
-        )
+        plat.init_process_group(timeout=datetime.timedelta(minutes=timeout_minutes))
+    else:
+        plat.bind()
     world_size = dist.get_world_size()
     dp = data_parallel_size(cfg, world_size)
     parallel_state.initialize_model_parallel(

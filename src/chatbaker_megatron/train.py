@@ -4,11 +4,13 @@ Composes the Hydra config (conf/), validates it before any process group
 starts, then either trains (under torchrun: every rank composes the same
 config) or launches torchrun for this node with the same overrides. Hydra
 multirun (`-m a=1,2`) thus runs one torchrun job per point, each in its own
-run directory. `--cfg job` prints the resolved config without running.
+run directory. `--cfg job` prints the resolved config without running;
+`--dry-run` builds chosen ranks' shards as fake tensors (training/dry_run.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -24,6 +26,21 @@ from chatbaker_megatron.launch import run_torchrun, under_torchrun
 log = logging.getLogger("chatbaker_megatron")
 
 register()
+
+# `--dry-run [--ranks R,...] [--json]`, taken off argv before Hydra parses it.
+_dry_run: argparse.Namespace | None = None
+
+
+def _take_dry_run_flags(argv: list[str]) -> list[str]:
+    """Parse the dry-run flags (training/dry_run.py) out of `argv`; return the rest for Hydra."""
+    global _dry_run
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--ranks", type=lambda s: [int(r) for r in s.split(",")])
+    parser.add_argument("--json", action="store_true")
+    flags, rest = parser.parse_known_args(argv)
+    _dry_run = flags if flags.dry_run else None
+    return rest
 
 
 def _quiet_dependency_warnings() -> None:
@@ -61,6 +78,11 @@ def main(cfg: DictConfig) -> None:
         run = to_run_config(cfg)
     except ConfigError as err:
         sys.exit(f"invalid config: {err}")
+    if _dry_run is not None:
+        _quiet_dependency_warnings()
+        from chatbaker_megatron.training import dry_run
+
+        sys.exit(dry_run.run(run, _dry_run.ranks, _dry_run.json))
     run_dir = HydraConfig.get().runtime.output_dir
     if not under_torchrun():
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("run_dir=")]
@@ -95,10 +117,11 @@ def main(cfg: DictConfig) -> None:
 
 def main_argv(argv: list[str]) -> int:
     """`chatbaker train ARGS`: Hydra parses ARGS itself (overrides, -m, --cfg job, --help)."""
-    sys.argv = ["chatbaker train", *argv]
+    sys.argv = ["chatbaker train", *_take_dry_run_flags(argv)]
     main()
     return 0
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = _take_dry_run_flags(sys.argv[1:])
     main()

@@ -137,3 +137,109 @@ def test_kill_during_checkpoint_write_then_resume(data_root, tmp_path):
     resumed = [r["iteration"] for r in metrics(run_dir) if r["iteration"] > saved_at]
     assert resumed[-2:] == [saved_at + 1, saved_at + 2]
     assert not any(n.endswith(".tmp") for n in os.listdir(ckpt_dir))
+
+
+ENTRYPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "launch", "docker-entrypoint.sh")
+
+
+def entrypoint(args: list[str], tmp_path, **env: str) -> list[str]:
+    """The command docker-entrypoint.sh ends up exec'ing, through a stub python
+    that prints its `-m` command lines and runs `-c` snippets for real."""
+    stub = tmp_path / "python"
+    stub.write_text(
+        '#!/usr/bin/env bash\nif [ "$1" = -c ]; then exec "$REAL_PYTHON" "$@"; fi\necho "$@"\n'
+    )
+    stub.chmod(0o755)
+    clean = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "NNODES", "NODE_RANK")}
+    result = subprocess.run(
+        ["bash", ENTRYPOINT, *args],
+        env={**clean, "PYTHON": str(stub), "REAL_PYTHON": sys.executable, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return result.stdout.split()
+
+
+def test_docker_entrypoint_dispatch(tmp_path):
+    launch = ["-m", "chatbaker_megatron.launch"]
+    assert entrypoint([], tmp_path) == launch
+    assert entrypoint(["train", "parallel=tp2"], tmp_path) == [*launch, "parallel=tp2"]
+    assert entrypoint(["parallel=tp2", "--cfg", "job"], tmp_path) == [
+        *launch,
+        "parallel=tp2",
+        "--cfg",
+        "job",
+    ]
+    assert entrypoint(["plan", "experiment=x"], tmp_path) == [
+        "-m",
+        "chatbaker_megatron.cli",
+        "plan",
+        "experiment=x",
+    ]
+    assert entrypoint(["echo", "hello"], tmp_path) == ["hello"]
+
+
+def launch_dry_run(args: list[str], **env: str) -> list[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "NNODES", "NODE_RANK")}
+    result = subprocess.run(
+        [sys.executable, "-m", "chatbaker_megatron.launch", "--dry-run", *args],
+        env={**clean, "CUDA_VISIBLE_DEVICES": "", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def test_node_launch_single_and_multi_node():
+    # One node: `chatbaker train` on this node (no GPU here: the config's 2 CPU ranks).
+    cmd, *env = launch_dry_run(["parallel=tp2"])
+    assert cmd.split()[1:] == ["-m", "chatbaker_megatron.train", "cluster.nodes=1", "parallel=tp2"]
+    assert "CUDA_DEVICE_MAX_CONNECTIONS=1" in env
+    # GPUS_PER_NODE sizes the single node too.
+    cmd, *_ = launch_dry_run([], GPUS_PER_NODE="4")
+    assert cmd.endswith("cluster.nodes=1 cluster.devices_per_node=4")
+    # Multi-node: this node's torchrun, forwarding SIGUSR1 to the ranks.
+    cmd, *env = launch_dry_run(["x=1"], MASTER_ADDR="n0", NNODES="4", NODE_RANK="2")
+    assert "--nnodes=4" in cmd and "--node-rank=2" in cmd and "--rdzv-endpoint=n0:29500" in cmd
+    assert "SIGUSR1" in cmd
+    assert cmd.endswith(
+        "-m chatbaker_megatron.train cluster.nodes=4 cluster.devices_per_node=8 x=1"
+    )
+
+
+def wait_for_iteration(run_dir: str, proc: subprocess.Popen, deadline: float) -> None:
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+            if metrics(run_dir):
+                return
+        time.sleep(0.2)
+    raise AssertionError("training never logged an iteration")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
+def test_stop_signal_to_launcher_checkpoints_and_exits(data_root, tmp_path, sig):
+    run_dir = str(tmp_path / "run")
+    proc = subprocess.Popen(
+        [*TRAIN, f"run_dir={run_dir}", *small_run(data_root, 100000)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    tree: list[psutil.Process] = []
+    try:
+        wait_for_iteration(run_dir, proc, time.monotonic() + 240)
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        assert len(tree) >= 3  # torchrun and its 2 ranks
+        proc.send_signal(sig)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        kill_tree(proc.pid)
+        proc.wait()
+    latest = latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    assert read_common(latest)["train_state"]["iteration"] >= 1
+    _gone, alive = psutil.wait_procs(tree, timeout=10)
+    assert not alive, f"left running: {alive}"

@@ -58,11 +58,8 @@ def _worker(rank: int, world_size: int, port: int, tasks: mp.Queue, results: mp.
     from chatbaker_megatron import platform
 
     torch.set_num_threads(1)
-    plat = platform.detect()
-    platform.apply_megatron_cpu_compat()
-    if plat.is_cuda:
-        torch.cuda.set_device(plat.device)
-    dist.init_process_group(plat.backend, timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+    plat = platform.prepare_megatron()
+    plat.init_process_group(timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
     while True:
         task = tasks.get()
         if task is None:

@@ -13,7 +13,7 @@ import dataclasses
 import pytest
 import torch
 
-from chatbaker_megatron import parallel
+from chatbaker_megatron import parallel, platform
 from chatbaker_megatron.config.model import KernelsConfig, ModelConfig
 from chatbaker_megatron.config.optim import OptimConfig
 from chatbaker_megatron.config.parallel import ParallelConfig
@@ -51,19 +51,20 @@ def global_batch(step: int) -> torch.Tensor:
     return torch.randint(0, VOCAB, (GLOBAL_BATCH, SEQ + 1), generator=gen)
 
 
-def micro_batches(step: int, dp: int, dp_rank: int) -> list[dict[str, torch.Tensor]]:
+def micro_batches(
+    step: int, dp: int, dp_rank: int, plat: platform.Platform
+) -> list[dict[str, torch.Tensor]]:
     """This DP rank's contiguous slice of the global batch, split into micro-batches."""
     samples = global_batch(step).chunk(dp)[dp_rank]
     out = []
     for mb in samples.split(MICRO_BATCH):
-        out.append(
-            {
-                "tokens": mb[:, :-1].contiguous(),
-                "labels": mb[:, 1:].contiguous(),
-                "loss_mask": torch.ones(mb.shape[0], SEQ),
-                "position_ids": torch.arange(SEQ).expand(mb.shape[0], SEQ).contiguous(),
-            }
-        )
+        batch = {
+            "tokens": mb[:, :-1].contiguous(),
+            "labels": mb[:, 1:].contiguous(),
+            "loss_mask": torch.ones(mb.shape[0], SEQ),
+            "position_ids": torch.arange(SEQ).expand(mb.shape[0], SEQ).contiguous(),
+        }
+        out.append({key: plat.from_host(value) for key, value in batch.items()})
     return out
 
 
@@ -86,7 +87,9 @@ def train(
     losses, norms, first_grads = [], [], None
     for step in range(STEPS):
         result = train_step(
-            engine, micro_batches(step, ctx.dp, ctx.dp_rank), global_batch_size=GLOBAL_BATCH
+            engine,
+            micro_batches(step, ctx.dp, ctx.dp_rank, ctx.platform),
+            global_batch_size=GLOBAL_BATCH,
         )
         losses.append(result.loss)
         norms.append(result.grad_norm)

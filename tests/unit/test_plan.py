@@ -120,8 +120,23 @@ def test_model_state_bytes_per_param():
     )
     n = plain.params
     assert (plain.weights + plain.grads + plain.optimizer) == 18 * n
-    assert zero1.weights + zero1.grads == 6 * n
-    assert zero1.optimizer == -(-12 * n // 32)
+    # ZeRO-1: the 16-bit weights and fp32 grads fill DDP's padded buffer (buckets
+    # end at multiples of lcm(DP, 128)); a DP rank's shard of it excludes the padding.
+    padded = zero1.grads // 4
+    assert zero1.weights == 2 * padded
+    assert 0 <= padded - n < 1e-6 * n
+    assert 12 * (n - (padded - n)) // 32 <= zero1.optimizer <= 12 * padded // 32
+
+
+def test_buffer_layout_buckets_and_shards():
+    # Reverse order, starts aligned to 64, a bucket closes once it holds >= 200 elements.
+    layout = memory.buffer_layout((100, 64, 150), 2, 200, True)
+    assert layout.params == ((0, 150), (192, 256), (256, 356))
+    assert layout.buckets == ((0, 256), (256, 384))
+    # DP rank 0 owns [0, 128) + [256, 320), rank 1 [128, 256) + [320, 384).
+    assert memory.optimizer_shard_numels(layout, 2) == (128 + 64, 22 + 64 + 36)
+    plain = memory.buffer_layout((100, 64, 150), 2, None, False)
+    assert plain.buckets == ((0, 314),)
 
 
 def test_tp_volume_per_layer():

@@ -1,4 +1,4 @@
-"""The CPU compat layer (chatbaker_megatron/platform.py) patches exactly what PATCHES lists.
+"""The CPU compat layer (chatbaker_megatron/platform/compat.py) patches exactly what PATCHES lists.
 
 The real patching changes process-wide state (Tensor methods, megatron module
 globals), so it runs in a fresh interpreter that reports what it observed; the
@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +29,9 @@ from chatbaker_megatron.platform import (
     PATCHES,
     TORCH_PROXY_MODULES,
     Platform,
+    compat,
+    device_rules,
+    megatron_fixes,
 )
 
 # A megatron module that uses torch but is on no patch list: it must keep real torch.
@@ -40,6 +44,7 @@ CPU_PROBE = textwrap.dedent(
     import importlib, json, sys
     import torch
     from chatbaker_megatron import platform
+    from chatbaker_megatron.platform import compat
 
     def call_in(module_name, expr, **names):
         # Evaluate `expr` in code whose globals are (a copy of) the module's, so
@@ -66,14 +71,14 @@ CPU_PROBE = textwrap.dedent(
 
     proxies = {m: importlib.import_module(m).torch for m in platform.TORCH_PROXY_MODULES}
     proxy = proxies[platform.TORCH_PROXY_MODULES[0]]
-    R["proxied"] = {m: p is not torch and isinstance(p, platform._CpuTorch) for m, p in proxies.items()}
+    R["proxied"] = {m: p is not torch and isinstance(p, compat._CpuTorch) for m, p in proxies.items()}
     R["one_proxy"] = len({id(p) for p in proxies.values()}) == 1
     # Every other loaded megatron module that has a `torch` global keeps the real one.
     R["unlisted_with_proxy"] = sorted(
         name for name, mod in list(sys.modules.items())
         if name.startswith("megatron.") and name not in platform.TORCH_PROXY_MODULES
         # (isinstance: some packages have a submodule named `torch`)
-        and isinstance(getattr(mod, "torch", None), platform._CpuTorch)
+        and isinstance(getattr(mod, "torch", None), compat._CpuTorch)
     )
     R["unlisted_is_real"] = importlib.import_module(UNLISTED).torch is torch
     R["n_megatron_modules"] = sum(n.startswith("megatron.") for n in sys.modules)
@@ -165,6 +170,8 @@ def cpu_probe() -> dict[str, Any]:
     """What the compat layer did in a fresh CPU-only interpreter."""
     # Hide any GPU so the probe takes the CPU path on a CUDA machine as well.
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    # The compat layer alone: the device rules test mode would move "cuda" to cpu:0.
+    env.pop("CHATBAKER_DEVICE_RULES", None)
     proc = subprocess.run(
         [sys.executable, "-c", CPU_PROBE, UNLISTED_MODULE],
         capture_output=True,
@@ -184,7 +191,7 @@ def restore_patch_targets(monkeypatch: pytest.MonkeyPatch) -> list[types.ModuleT
     (parallel.initialize does); the in-process tests must neither see that
     nor leave anything of their own behind.
     """
-    monkeypatch.setattr(platform, "_applied", [])
+    monkeypatch.setattr(compat, "_applied", [])
     modules = [importlib.import_module(name) for name in TORCH_PROXY_MODULES]
     for module in modules:
         monkeypatch.setattr(module, "torch", torch)
@@ -239,6 +246,7 @@ def test_detect_cuda(monkeypatch, local_rank, index):
 
 def test_detect_cpu(monkeypatch):
     pretend_cpu(monkeypatch)
+    monkeypatch.delenv(device_rules.ENV, raising=False)
     plat = platform.detect()
     assert plat == Platform(torch.device("cpu"), "gloo")
     assert not plat.is_cuda
@@ -403,3 +411,57 @@ def test_config_overrides_on_nccl(monkeypatch):
     has_te = importlib.util.find_spec("transformer_engine") is not None
     assert overrides["apply_rope_fusion"] is has_te
     assert set(overrides) <= {f.name for f in dataclasses.fields(TransformerConfig)}
+
+
+# --- the patch table in docs/architecture.md is the PATCHES list ------------------
+
+
+def _doc_table_rows(heading: str) -> list[str]:
+    """First-column entries of the table under `heading` in docs/architecture.md."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
+    section = text.split(heading, 1)[1].split("\n#", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    return [row.split("|")[1].strip().replace("`", "") for row in rows[1:]]
+
+
+def test_docs_table_lists_exactly_the_patches():
+    assert _doc_table_rows("### The megatron-core CPU compat layer") == [
+        patch.name.replace("`", "") for patch in PATCHES
+    ]
+    assert _doc_table_rows("### megatron fixes on every device") == list(megatron_fixes.FIXES)
+
+
+def test_every_patch_checks_its_targets_before_applying():
+    # On this megatron-core every target still looks as it did when checked.
+    for patch in PATCHES:
+        patch.check()
+
+
+def test_torch_adam_fix_follows_megatron_adam():
+    # Without TE/apex megatron runs torch's Adam, on any device: the fix applies.
+    assert megatron_fixes.uses_torch_adam() == (
+        importlib.util.find_spec("transformer_engine") is None
+        and importlib.util.find_spec("apex") is None
+    )
+    assert megatron_fixes.apply() == (
+        list(megatron_fixes.FIXES) if megatron_fixes.uses_torch_adam() else []
+    )
+
+
+def test_platform_collective_devices(monkeypatch):
+    pretend_cpu(monkeypatch)
+    monkeypatch.delenv(device_rules.ENV, raising=False)
+    plat = platform.detect()
+    assert plat.collective_device() == torch.device("cpu")
+    assert plat.tensor([1.0, 2.0]).tolist() == [1.0, 2.0]
+    assert plat.inference_dtype == torch.float32
+    monkeypatch.setenv(device_rules.ENV, "nccl")
+    assert platform.detect().device == device_rules.SIMULATED_ACCELERATOR
+
+
+def test_platform_cuda_choices(monkeypatch):
+    pretend_cuda(monkeypatch)
+    plat = platform.detect()
+    assert plat.cuda_kernels_run
+    assert plat.inference_dtype == torch.bfloat16
+    assert plat.collective_device() == plat.device

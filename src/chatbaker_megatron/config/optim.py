@@ -25,3 +25,6 @@ class OptimConfig:
     decay_style: str = "cosine"
     # Iterations over which lr decays to min_lr; null = the whole run.
     decay_iters: int | None = None
+    # fp16 only: the dynamic loss scale to start from (megatron's default;
+    # it halves after overflowing steps, which are skipped).
+    initial_loss_scale: float = 2.0**32

@@ -37,7 +37,8 @@ def compare_logits(
 
     from chatbaker_megatron.inference.backends import load_megatron_backend
 
-    ours = load_megatron_backend(checkpoint, tokenizer_dir)
+    # fp32 on every device: the check compares numerics, not serving speed.
+    ours = load_megatron_backend(checkpoint, tokenizer_dir, dtype=torch.float32)
     ids = ours.tokenizer.encode(text)[: ours.max_length]
     tokens = torch.tensor([ids], device=ours.device)
     positions = torch.arange(len(ids), device=ours.device)[None]

@@ -19,13 +19,12 @@ from chatbaker_megatron.config.parallel import ParallelConfig
 
 
 def ensure_process_group() -> None:
-    """Start a gloo world of one unless a process group already exists."""
+    """Start a world of one on the platform's backend unless a process group already exists."""
     if dist.is_initialized():
         return
-    platform.apply_megatron_cpu_compat()
+    plat = platform.prepare_megatron()
     store_path = Path(tempfile.mkdtemp(prefix="chatbaker-pg-")) / "store"
-    dist.init_process_group(
-        "gloo",
+    plat.init_process_group(
         store=dist.FileStore(str(store_path), 1),
         rank=0,
         world_size=1,

@@ -13,6 +13,7 @@ every rank.
 
 from __future__ import annotations
 
+import datetime
 import os
 import pickle
 import socket
@@ -25,6 +26,11 @@ from pathlib import Path
 import torch.distributed as dist
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+from chatbaker_megatron import platform
+
+# Longest a node may spend building its index cache while the others wait.
+BUILD_TIMEOUT = datetime.timedelta(hours=12)
 
 
 def node_cache_dir(base: str) -> str:
@@ -72,16 +78,22 @@ def build_on_every_node(config: GPTDatasetConfig, sizes: list[int]) -> None:
     """Collective: the first rank of each node builds the cache into config.path_to_cache.
 
     Every rank learns whether any node failed, so a failure raises everywhere
-    instead of leaving the other ranks waiting in a barrier.
+    instead of leaving the other ranks waiting in a barrier. The wait runs on
+    a gloo group with its own long timeout (BUILD_TIMEOUT): building the
+    indices of a 1.4T-token blend takes longer than the NCCL timeout.
     """
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return
-    hosts: list[str | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(hosts, socket.gethostname())
-    rank = dist.get_rank()
-    error = _build_in_child(config, sizes) if hosts.index(hosts[rank]) == rank else None
-    errors: list[str | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(errors, error)
+    group = platform.detect().host_group(BUILD_TIMEOUT)
+    try:
+        hosts: list[str | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(hosts, socket.gethostname(), group=group)
+        rank = dist.get_rank()
+        error = _build_in_child(config, sizes) if hosts.index(hosts[rank]) == rank else None
+        errors: list[str | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, error, group=group)
+    finally:
+        dist.destroy_process_group(group)
     for failed_rank, message in enumerate(errors):
         if message:
             raise RuntimeError(

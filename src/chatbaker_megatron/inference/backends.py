@@ -69,7 +69,7 @@ class MegatronBackend:
 class HFBackend:
     """A transformers LlamaForCausalLM folder, with transformers' DynamicCache."""
 
-    def __init__(self, hf_dir: str | Path, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, hf_dir: str | Path, dtype: torch.dtype | None = None) -> None:
         from transformers import LlamaForCausalLM
 
         from chatbaker_megatron import platform
@@ -78,7 +78,9 @@ class HFBackend:
         hf_dir = Path(hf_dir).expanduser()
         if not (hf_dir / "config.json").is_file():
             raise FileNotFoundError(f"{hf_dir}: no config.json (not a Hugging Face model folder)")
-        self.device = platform.detect().device
+        plat = platform.detect()
+        self.device = plat.device
+        dtype = dtype or plat.inference_dtype
         self.model = (
             LlamaForCausalLM.from_pretrained(str(hf_dir), dtype=dtype).to(self.device).eval()
         )
@@ -108,11 +110,15 @@ class HFBackend:
 
 
 def load_megatron_backend(
-    checkpoint: str | Path, tokenizer_dir: str | Path | None = None
+    checkpoint: str | Path,
+    tokenizer_dir: str | Path | None = None,
+    dtype: torch.dtype | None = None,
 ) -> MegatronBackend:
-    """Our model from a training checkpoint (any saved TP/PP), in this process at TP=1, PP=1."""
+    """Our model from a training checkpoint (any saved TP/PP), in this process at TP=1, PP=1.
+
+    `dtype` defaults to the platform's inference dtype (bf16 on GPU, fp32 on CPU).
+    """
     from chatbaker_megatron import platform
-    from chatbaker_megatron.config.model import KernelsConfig
     from chatbaker_megatron.config.parallel import ParallelConfig
     from chatbaker_megatron.convert.export_hf import (
         checkpoint_chat_template,
@@ -121,10 +127,13 @@ def load_megatron_backend(
     from chatbaker_megatron.convert.layout import EMBEDDING, OUTPUT_LAYER, resize_vocab
     from chatbaker_megatron.convert.reader import MegatronCheckpoint
     from chatbaker_megatron.convert.world import single_process_model_parallel
+    from chatbaker_megatron.model.dispatch import kv_cache_kernels
     from chatbaker_megatron.model.llama import build_model, padded_vocab_size
     from chatbaker_megatron.model.sharding import load_full_state
 
     single_process_model_parallel()
+    plat = platform.detect()
+    dtype = dtype or plat.inference_dtype
     source = MegatronCheckpoint(checkpoint)
     tok_dir = (
         Path(tokenizer_dir)
@@ -133,10 +142,14 @@ def load_megatron_backend(
     )
     tokenizer = load_tokenizer(tok_dir)
     # Kernels are the serving machine's choice, whatever the training machine had.
-    model_cfg = replace(source.model, kernels=KernelsConfig())
+    model_cfg = replace(source.model, kernels=kv_cache_kernels(dtype))
     max_length = model_cfg.max_position_embeddings
     (model,) = build_model(
-        model_cfg, ParallelConfig(), vocab_size=tokenizer.vocab_size, max_sequence_length=max_length
+        model_cfg,
+        ParallelConfig(),
+        vocab_size=tokenizer.vocab_size,
+        max_sequence_length=max_length,
+        params_dtype=dtype,
     )
     state = source.full_state()
     # The checkpoint's vocabulary padding follows the TP it was trained at.
@@ -144,5 +157,5 @@ def load_megatron_backend(
     for name in (EMBEDDING, OUTPUT_LAYER):
         state[name] = resize_vocab(state[name], rows, tokenizer.vocab_size)
     load_full_state([model], state)
-    model.to(platform.detect().device)
+    plat.to_device(model)
     return MegatronBackend(model, tokenizer, max_length, checkpoint_chat_template(source.config))

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
+from chatbaker_megatron import platform
 from chatbaker_megatron.config.model import KernelsConfig
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ def _installed(module: str) -> bool:
 
 
 def _cuda() -> bool:
-    return torch.cuda.is_available()
+    return platform.detect().cuda_kernels_run
 
 
 def _triton_runs_here() -> bool:
@@ -322,6 +323,20 @@ def _load(op: str, backend: str, table: dict[str, Backend]) -> object:
             f"not as a function: build the layer from {op}_spec({backend!r})"
         )
     return entry.load()
+
+
+def kv_cache_kernels(dtype: torch.dtype) -> KernelsConfig:
+    """Kernels for decoding with a KV cache (more keys than queries after the first pass).
+
+    Attention must align the causal mask to the end of the keys: flash-attn
+    and the torch backend do; megatron hands Transformer Engine `no_mask`
+    once the cache is in use (a multi-token continuation would attend to
+    its own future), and the Triton kernel assumes equal lengths. flash-attn
+    takes only fp16/bf16.
+    """
+    half = dtype in (torch.float16, torch.bfloat16)
+    flash = half and ATTENTION_BACKENDS["flash"].available()
+    return KernelsConfig(attention="flash" if flash else "torch", norm="auto")
 
 
 def norm_fn(backend: str) -> NormFn:

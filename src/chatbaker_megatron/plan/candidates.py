@@ -66,6 +66,7 @@ def workload_of(cfg: RunConfig) -> Workload:
         # The reference torch norm saves fp32 copies; any other backend is a
         # fused kernel that saves its input and the fp32 rstd (plan/activations.py).
         norm="torch" if cfg.model.kernels.norm == "torch" else "fused",
+        cuda=cfg.cluster.device.name != "cpu",
     )
 
 

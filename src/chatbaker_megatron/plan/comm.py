@@ -38,11 +38,11 @@ per call) are bookkeeping and not modelled.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass
 
 from chatbaker_megatron.config.parallel import ParallelConfig
+from chatbaker_megatron.plan.memory import buffer_layout
 from chatbaker_megatron.plan.workload import (
     Workload,
     chunk_param_numels,
@@ -88,11 +88,7 @@ def tp_microbatch(
 
 def grad_buffer_numel(numels: list[int], dp: int, distributed_optimizer: bool) -> int:
     """Elements of one DDP gradient buffer (megatron's layout, one bucket)."""
-    if not distributed_optimizer:
-        return sum(numels)
-    aligned = sum(-(-n // 64) * 64 for n in numels)
-    divisor = math.lcm(dp, 128)
-    return -(-aligned // divisor) * divisor
+    return buffer_layout(tuple(numels), dp, None, distributed_optimizer).numel
 
 
 def step_volume(work: Workload, par: ParallelConfig, dp: int, rank: int) -> Volume:

@@ -5,7 +5,13 @@ built by training/engine.py, cf. the distributed optimizer guide of
 megatron-core): 16-bit weights (2 bytes), fp32 gradient buffer (4 bytes,
 `grad_reduce_in_fp32`), fp32 main weights and Adam moments (12 bytes): 18
 bytes per parameter, or 6 + 12/DP with the distributed optimizer. In fp32
-the weights are the main weights: 4 + 4 + 8 (/DP).
+the weights are the main weights: 4 + 4 + 8 (/DP). Exactly, per chunk, as
+megatron lays out DDP's buffers (`buffer_layout`): with the distributed
+optimizer every parameter starts at a multiple of 64 elements and every
+bucket ends at a multiple of lcm(DP, 128), the 16-bit weights live in that
+padded buffer too, and each DP rank's optimizer shard is its 1/DP slice of
+every bucket, padding excluded. `chatbaker train ... --dry-run`
+(training/dry_run.py) checks these numbers against the real built shards.
 
 Activations: the micro-batches a pipeline rank holds at its peak
 (workload.inflight_per_chunk) times what each saves (plan/activations.py).
@@ -17,6 +23,8 @@ the fullest.
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 from chatbaker_megatron.config.parallel import ParallelConfig
@@ -24,11 +32,11 @@ from chatbaker_megatron.plan import activations as act
 from chatbaker_megatron.plan.assumptions import Assumptions
 from chatbaker_megatron.plan.workload import (
     Workload,
+    chunk_param_numels,
     distinct_ranks,
     inflight_per_chunk,
     layers_per_chunk,
     num_microbatches,
-    rank_params,
     virtual_stages,
 )
 
@@ -108,16 +116,121 @@ def transient_bytes(work: Workload, par: ParallelConfig, rank: int) -> int:
     return (work.act_bytes + 4) * tokens * work.padded_vocab(par.tp) // par.tp
 
 
+@dataclass(frozen=True)
+class BufferLayout:
+    """One DDP param-and-grad buffer: [start, end) of each parameter and bucket, in elements."""
+
+    params: tuple[tuple[int, int], ...]
+    buckets: tuple[tuple[int, int], ...]
+
+    @property
+    def numel(self) -> int:
+        return self.buckets[-1][1]
+
+
+@functools.cache
+def buffer_layout(
+    numels: tuple[int, ...], dp: int, bucket_size: int | None, distributed_optimizer: bool
+) -> BufferLayout:
+    """megatron's layout of a chunk's parameters (sizes in named_parameters() order).
+
+    Restates DistributedOptimizer._compute_per_buffer_param_layout (with the
+    distributed optimizer) and _compute_default_per_buffer_param_layout
+    (without: no padding): parameters in reverse order, a new bucket once one
+    holds `bucket_size` elements (None: one bucket).
+    """
+    params, buckets = [], []
+    start = bucket_start = 0
+    for index, numel in enumerate(reversed(numels)):
+        if distributed_optimizer:
+            start = -(-start // 64) * 64
+        end = start + numel
+        params.append((start, end))
+        full = bucket_size is not None and end - bucket_start >= bucket_size
+        if full or index == len(numels) - 1:
+            if distributed_optimizer:
+                end = -(-end // math.lcm(dp, 128)) * math.lcm(dp, 128)
+            buckets.append((bucket_start, end))
+            bucket_start = end
+        start = end
+    return BufferLayout(tuple(params), tuple(buckets))
+
+
+def ddp_bucket_size(
+    work: Workload, par: ParallelConfig, dp: int, rank: int, chunk: int
+) -> int | None:
+    """Elements per DDP bucket (megatron's default), None for one bucket.
+
+    Only with the grad reduce overlapped (CUDA by default), and only on the
+    first chunk of pipeline rank 0 (training/engine.py's disable_bucketing
+    and DDP's own rule for later pipeline ranks).
+    """
+    overlap = work.cuda if par.overlap_grad_reduce is None else par.overlap_grad_reduce
+    if not overlap or chunk > 0 or rank > 0:
+        return None
+    return max(40_000_000, 1_000_000 * dp)
+
+
+@functools.cache
+def optimizer_shard_numels(layout: BufferLayout, dp: int) -> tuple[int, ...]:
+    """Parameter elements in each DP rank's distributed-optimizer shard (padding excluded).
+
+    Each bucket is cut into DP equal slices; DP rank r owns slice r of every bucket.
+    """
+    owned = [0] * dp
+    buckets = iter(layout.buckets)
+    bucket_start, bucket_end = next(buckets)
+    for start, end in layout.params:  # both in buffer order
+        while start >= bucket_end:
+            bucket_start, bucket_end = next(buckets)
+        size = (bucket_end - bucket_start) // dp
+        first, last = (start - bucket_start) // size, (end - 1 - bucket_start) // size
+        for r in range(first, last + 1):
+            lo = bucket_start + r * size
+            owned[r] += min(end, lo + size) - max(start, lo)
+    return tuple(owned)
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """Bytes of model state one GPU holds (weights, fp32 grads, optimizer)."""
+
+    params: int
+    weights: int
+    grads: int
+    optimizer: int
+
+
+def model_state(
+    work: Workload, par: ParallelConfig, dp: int, rank: int, dp_rank: int | None = None
+) -> ModelState:
+    """Model state of pipeline rank `rank`, DP rank `dp_rank` (None: the fullest DP rank)."""
+    params = weights = grads = 0
+    optimizer_elements = [0] * dp
+    for chunk in range(par.vpp or 1):
+        numels = tuple(chunk_param_numels(work, par, rank, chunk))
+        layout = buffer_layout(
+            numels, dp, ddp_bucket_size(work, par, dp, rank, chunk), par.distributed_optimizer
+        )
+        params += sum(numels)
+        # With the distributed optimizer the weights are views into a padded buffer.
+        weights += (layout.numel if par.distributed_optimizer else sum(numels)) * work.act_bytes
+        grads += layout.numel * 4  # grad_reduce_in_fp32
+        owned = (
+            optimizer_shard_numels(layout, dp) if par.distributed_optimizer else [sum(numels)] * dp
+        )
+        optimizer_elements = [a + b for a, b in zip(optimizer_elements, owned, strict=True)]
+    # Adam's two fp32 moments, plus fp32 main weights when the weights are 16-bit.
+    per_element = 12 if work.precision != "fp32" else 8
+    held = max(optimizer_elements) if dp_rank is None else optimizer_elements[dp_rank]
+    return ModelState(params, weights, grads, held * per_element)
+
+
 def rank_memory(
     work: Workload, par: ParallelConfig, dp: int, rank: int, assume: Assumptions
 ) -> Memory:
-    params = rank_params(work, par, rank)
-    sixteen_bit = work.precision != "fp32"
-    optimizer_per_param = 12 if sixteen_bit else 8
-    optimizer = params * optimizer_per_param
-    if par.distributed_optimizer:
-        optimizer = -(-optimizer // dp)
-    weights, grads = params * work.act_bytes, params * 4
+    state = model_state(work, par, dp, rank)
+    params, weights, grads, optimizer = state.params, state.weights, state.grads, state.optimizer
     activations = activation_bytes(work, par, dp, rank)
     transient = transient_bytes(work, par, rank)
     tensors = weights + grads + optimizer + activations + transient

@@ -28,6 +28,9 @@ class Workload:
     precision: str  # fp32 | bf16 | fp16: params, activations, pipeline messages
     train_tokens: float
     norm: str = "fused"  # activation profile of the norm kernel (see plan/activations.py)
+    # The run's devices are GPUs: DDP then overlaps the grad reduce by default
+    # (parallel.overlap_grad_reduce=null), which splits its buffers into buckets.
+    cuda: bool = True
 
     @property
     def act_bytes(self) -> int:
@@ -60,11 +63,14 @@ def chunk_param_numels(work: Workload, par: ParallelConfig, rank: int, chunk: in
 
     Virtual stage chunk * pp + rank (megatron's interleaved assignment); the
     first holds the embedding, the last the final norm and the output layer.
-    Matrices are split over TP, the RMSNorm scales are replicated.
+    Matrices are split over TP, the RMSNorm scales are replicated. In the
+    order of the chunk's named_parameters().
     """
     model, t, h = work.model, par.tp, work.model.hidden_size
     layer = layer_params(model)
-    per_layer = [layer.qkv // t, layer.proj // t, layer.fc1 // t, layer.fc2 // t, h, h]
+    # Module registration order (model/spec.py + megatron's SelfAttention, which
+    # registers linear_proj before linear_qkv): DDP lays its buffer out in it.
+    per_layer = [h, layer.proj // t, layer.qkv // t, h, layer.fc1 // t, layer.fc2 // t]
     numels = per_layer * layers_per_chunk(model, par)
     stage = chunk * par.pp + rank
     vocab_rows = work.padded_vocab(t) // t * h

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from chatbaker_megatron.platform import Platform
+
 # Keys the training step consumes; anything else a dataset returns is dropped.
 BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids", "cu_seqlens")
 
@@ -28,12 +30,12 @@ def _as_tensor(value: Any) -> torch.Tensor:
     return value
 
 
-def collate(samples: Sequence[Mapping[str, Any]], device: torch.device) -> dict[str, torch.Tensor]:
-    """Stack samples into one micro-batch on `device`."""
+def collate(samples: Sequence[Mapping[str, Any]], plat: Platform) -> dict[str, torch.Tensor]:
+    """Stack samples into one micro-batch on the platform's device."""
     batch = {}
     for key in BATCH_KEYS:
         if key in samples[0]:
-            batch[key] = torch.stack([_as_tensor(s[key]) for s in samples]).to(device)
+            batch[key] = plat.from_host(torch.stack([_as_tensor(s[key]) for s in samples]))
     batch["tokens"] = batch["tokens"].long()
     batch["labels"] = batch["labels"].long()
     batch["position_ids"] = batch["position_ids"].long()
@@ -51,7 +53,7 @@ def global_batch(
     micro_batch_size: int,
     dp: int,
     dp_rank: int,
-    device: torch.device,
+    plat: Platform,
 ) -> list[dict[str, torch.Tensor]]:
     """This DP rank's micro-batches of the global batch starting at sample `start`.
 
@@ -61,6 +63,6 @@ def global_batch(
     first = start + dp_rank * per_rank
     samples = [dataset[(first + i) % len(dataset)] for i in range(per_rank)]
     return [
-        collate(samples[i : i + micro_batch_size], device)
+        collate(samples[i : i + micro_batch_size], plat)
         for i in range(0, per_rank, micro_batch_size)
     ]

@@ -20,6 +20,7 @@ from megatron.core.optimizer import MegatronOptimizer, OptimizerConfig, get_mega
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.transformer.module import Float16Module
 
+from chatbaker_megatron import platform
 from chatbaker_megatron.config.model import ModelConfig
 from chatbaker_megatron.config.optim import OptimConfig
 from chatbaker_megatron.config.parallel import ParallelConfig
@@ -87,6 +88,11 @@ def build_engine(
         from chatbaker_megatron.model.sharding import load_full_state
 
         load_full_state(chunks, full_state)
+    # build_model initialises on the host (TP-invariant weights); megatron's
+    # DDP keeps params where they are unless the distributed optimizer
+    # re-homes them, so the move to the compute device is ours.
+    plat = platform.detect()
+    chunks = [plat.to_device(chunk) for chunk in chunks]
     config = chunks[0].config
     # Per-token loss: every token of the global batch weighs the same, whatever
     # the micro-batch / DP split or the SFT loss mask (see training/step.py).
@@ -129,6 +135,7 @@ def build_engine(
             clip_grad=optim.clip_grad,
             bf16=params_dtype == torch.bfloat16,
             fp16=params_dtype == torch.float16,
+            initial_loss_scale=optim.initial_loss_scale,
             params_dtype=params_dtype,
             use_distributed_optimizer=parallel.distributed_optimizer,
         ),

@@ -20,9 +20,12 @@ from functools import partial
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
+from megatron.core.optimizer import MegatronOptimizer
+from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
 from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from chatbaker_megatron import platform
 from chatbaker_megatron.training.engine import Engine
 
 
@@ -85,13 +88,14 @@ def _sequence_shape(micro_batches: list[dict[str, torch.Tensor]]) -> tuple[int, 
 
 
 def _global_loss(losses_reduced: list[dict], engine: Engine) -> tuple[float, int]:
-    """Sum the last stage's (loss_sum, tokens) over micro-batches and DP; share with all ranks."""
-    totals = torch.zeros(2, dtype=torch.float64)
+    """Sum the last stage's (loss_sum, tokens) over micro-batches and DP; share with all ranks.
+
+    The sums stay on the compute device; the one host sync is the final read.
+    """
+    totals = torch.zeros(2, dtype=torch.float64, device=platform.detect().device)
     if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
         for report in losses_reduced:
-            totals += report["lm loss"].to(torch.float64).cpu()
-    device = next(engine.chunks[0].parameters()).device
-    totals = totals.to(device)
+            totals += report["lm loss"].to(torch.float64)
     dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
     # The last stage holds the numbers; every pipeline rank gets them.
     dist.all_reduce(totals, group=parallel_state.get_pipeline_model_parallel_group())
@@ -116,19 +120,35 @@ def _run_schedule(
     )
 
 
+def _clip(optimizer: MegatronOptimizer, grad_norm: float) -> None:
+    """megatron's clipping by an already reduced global norm (no second norm reduction)."""
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        params = inner.get_parameters()
+        if inner.config.clip_grad > 0.0 and params:
+            clip_grad_by_total_norm_fp32(
+                params,
+                max_norm=inner.config.clip_grad,
+                total_norm=grad_norm,
+                use_decoupled_grad=inner.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8,
+            )
+
+
 def _optimizer_step(engine: Engine, loss: float) -> tuple[bool, float | None]:
     """megatron's optimizer step, skipped when the loss or the grad norm is not finite.
 
-    The check uses the optimizer's own prepare_grads/get_grad_norm; both are
-    idempotent, so step() repeating them costs one extra norm reduction.
+    The parts of megatron's `step()` in its order, each once: prepare_grads
+    (fp16: unscale the grads and update the loss scale; skip on inf/NaN),
+    the global grad norm (one reduction, one host sync), then, only when the
+    loss and the norm are finite, clipping by that norm and the update.
     """
     optimizer = engine.optimizer
-    found_inf = optimizer.prepare_grads()
-    grad_norm = None if found_inf else float(optimizer.get_grad_norm())
-    if found_inf or not math.isfinite(loss) or not math.isfinite(grad_norm):
+    if optimizer.prepare_grads():
+        return False, None
+    grad_norm = float(optimizer.get_grad_norm())
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         return False, grad_norm
-    update_successful, grad_norm, _num_zeros = optimizer.step()
-    return bool(update_successful), None if grad_norm is None else float(grad_norm)
+    _clip(optimizer, grad_norm)
+    return bool(optimizer.step_with_ready_grads()), grad_norm
 
 
 def train_step(

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from chatbaker_megatron import parallel, platform
+from chatbaker_megatron import parallel
 from chatbaker_megatron.config.schema import RunConfig, train_iters
 from chatbaker_megatron.model.sizes import model_flops_per_token
 from chatbaker_megatron.training import checkpoint as ckpt
@@ -54,11 +54,6 @@ class _StopSignal:
 
     def _handle(self, signum: int, _frame: Any) -> None:
         self.received = signum
-
-    def any_rank(self) -> bool:
-        flag = torch.tensor([1.0 if self.received is not None else 0.0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
 
 
 def checkpoint_dir(cfg: RunConfig) -> str:
@@ -123,7 +118,7 @@ class Trainer:
             micro_batch_size=self.cfg.parallel.micro_batch_size,
             dp=self.ctx.dp,
             dp_rank=self.ctx.dp_rank,
-            device=self.ctx.platform.device,
+            plat=self.ctx.platform,
         )
 
     def save(self) -> None:
@@ -157,7 +152,7 @@ class Trainer:
             "lr": self.engine.optimizer.param_groups[0]["lr"],
             "loss_scale": float(self.engine.optimizer.get_loss_scale()),
             "skipped_steps": self.state.skipped_steps,
-            "memory_gib": platform.memory_gib(),
+            "memory_gib": self.ctx.platform.memory_gib(),
         }
         record.update(self.throughput.figures(steps, seconds))
         return record
@@ -245,12 +240,16 @@ class Trainer:
         reasons = []
         if train.exit_interval and steps_this_run >= train.exit_interval:
             reasons.append(f"train.exit_interval={train.exit_interval}")
-        if train.exit_duration_mins is not None:
-            elapsed = torch.tensor([(time.monotonic() - started) / 60.0])
-            dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
-            if elapsed.item() >= train.exit_duration_mins:
-                reasons.append(f"train.exit_duration_mins={train.exit_duration_mins}")
-        if stop.any_rank():
+        # One collective for both: whether any rank got a signal, and the
+        # longest elapsed time (ranks' clocks differ; all must agree to stop).
+        signal_and_minutes = self.ctx.platform.tensor(
+            [float(stop.received is not None), (time.monotonic() - started) / 60.0]
+        )
+        dist.all_reduce(signal_and_minutes, op=dist.ReduceOp.MAX)
+        any_signal, minutes = signal_and_minutes.tolist()
+        if train.exit_duration_mins is not None and minutes >= train.exit_duration_mins:
+            reasons.append(f"train.exit_duration_mins={train.exit_duration_mins}")
+        if any_signal:
             reasons.append("a stop signal")
         if reasons and self.rank0:
             log.info("exiting at iteration %d on %s", self.state.iteration, " and ".join(reasons))

@@ -1,0 +1,168 @@
+"""Which device this process computes on, and how its collectives reach the others.
+
+`detect()` returns the `Platform`: CUDA + NCCL on the process's local GPU
+when one is present, CPU + gloo otherwise. It is the one device authority of
+the project: every tensor the project creates for a collective, every model
+placement, RNG capture and process group goes through it, so the GPU path is
+the CPU path with another device in it rather than a second code path.
+
+NCCL only moves tensors that live on the GPU; gloo moves host tensors. A
+process group's "collective device" is therefore the compute device for the
+default (NCCL) groups and the host for the gloo groups the project opens for
+long host-side waits (`host_group`), as Megatron-LM does for its own
+object exchanges.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from chatbaker_megatron.platform import device_rules
+
+HOST = device_rules.HOST
+
+
+@dataclass(frozen=True)
+class Platform:
+    """Where this process computes and how it talks to the others."""
+
+    device: torch.device
+    backend: str  # torch.distributed backend of the default group: "nccl" or "gloo"
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def cuda_kernels_run(self) -> bool:
+        """Whether CUDA/Triton GPU kernels can execute in this process."""
+        return self.is_cuda
+
+    @property
+    def inference_dtype(self) -> torch.dtype:
+        """What generation runs in: bf16 on a GPU (fast, and what flash-attn takes), fp32 on CPU."""
+        return torch.bfloat16 if self.is_cuda else torch.float32
+
+    def collective_device(self, group: Any = None) -> torch.device:
+        """Where a tensor must live to take part in a collective on `group`."""
+        if group is not None and device_rules.is_host_group(group):
+            return HOST
+        return self.device
+
+    def tensor(
+        self, data: Any, *, dtype: torch.dtype | None = None, group: Any = None
+    ) -> torch.Tensor:
+        """A tensor ready for a collective on `group` (default: the NCCL/gloo world)."""
+        return torch.tensor(data, dtype=dtype, device=self.collective_device(group))
+
+    def bind(self) -> None:
+        """Make this process's GPU the current one (NCCL and object collectives use it)."""
+        if self.is_cuda:
+            torch.cuda.set_device(self.device)
+
+    def init_process_group(
+        self, *, timeout: datetime.timedelta, store: Any = None, rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:  # fmt: skip
+        """Start the default process group on this platform's backend (env:// unless a store)."""
+        self.bind()
+        kwargs: dict[str, Any] = {"backend": self.backend, "timeout": timeout}
+        if store is not None:
+            kwargs.update(store=store, rank=rank, world_size=world_size)
+        dist.init_process_group(**kwargs)
+
+    def host_group(self, timeout: datetime.timedelta) -> Any:
+        """A gloo group over all ranks for host-side waits longer than the NCCL timeout.
+
+        Collective: every rank must call it. Its tensors live on the host.
+        """
+        group = dist.new_group(backend="gloo", timeout=timeout)
+        device_rules.mark_host_group(group)
+        return group
+
+    def to_device(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Move a module built on the host (megatron's CPU initialisation) to the compute device."""
+        return module.to(self.device)
+
+    def from_host(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the compute device; on GPU through pinned memory, asynchronously.
+
+        The copy is ordered on the current stream, so kernels that read it
+        later wait for it without a host sync.
+        """
+        if self.is_cuda:
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
+
+    def synchronize(self) -> None:
+        if self.is_cuda:
+            torch.cuda.synchronize(self.device)
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        """The host RNG state, plus the GPU's when computing on one."""
+        state = {"torch": torch.get_rng_state()}
+        if self.is_cuda:
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
+        torch.set_rng_state(state["torch"])
+        if self.is_cuda and "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+
+    def memory_gib(self) -> float:
+        """Memory this process holds: peak CUDA allocation on GPU, resident set size on CPU."""
+        if self.is_cuda:
+            return torch.cuda.max_memory_allocated(self.device) / 2**30
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**30
+
+
+def detect() -> Platform:
+    """CUDA + NCCL on the process's local GPU when CUDA is available, else CPU + gloo.
+
+    Under the NCCL device rules test mode (see device_rules) the CPU platform
+    computes on `device_rules.SIMULATED_ACCELERATOR`, a CPU device that the
+    rules tell apart from the host.
+    """
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        return Platform(torch.device("cuda", local_rank % torch.cuda.device_count()), "nccl")
+    if device_rules.enabled():
+        return Platform(device_rules.SIMULATED_ACCELERATOR, "gloo")
+    return Platform(HOST, "gloo")
+
+
+def memory_gib() -> float:
+    return detect().memory_gib()
+
+
+def megatron_config_overrides() -> dict[str, Any]:
+    """TransformerConfig settings that depend on this machine.
+
+    CPU (gloo): gloo matches point-to-point messages between two ranks
+    strictly in posting order, and megatron's batched p2p posts [send_prev,
+    recv_prev, send_next, recv_next] on every rank: with two pipeline ranks
+    (prev == next) an activation and a gradient then cross. The unbatched
+    path orders sends and receives by rank parity, which gloo matches.
+
+    CUDA: megatron's fused SwiGLU (jit) keeps fewer activation bytes and
+    saves a few % of layer time; its fused RoPE needs Transformer Engine
+    (docs/kernels.md has the estimate). On CPU both stay off: the jit
+    compile costs more than it saves, and plain ops keep the CPU and
+    reference numerics identical.
+    """
+    if detect().backend == "gloo":
+        return {"batch_p2p_comm": False}
+    return {
+        "bias_activation_fusion": True,
+        "apply_rope_fusion": importlib.util.find_spec("transformer_engine") is not None,
+    }

@@ -1,0 +1,323 @@
+"""NCCL's device rules, enforced on CPU: the test mode that makes GPU-only bugs fail on CPU.
+
+On a GPU run two devices exist: the host, where every tensor created without
+a device lands, and the GPU, where the model computes. NCCL refuses host
+tensors (`No backend type associated with device type cpu`), and a model
+left on the host never reaches the GPU. On a CPU run both are the same
+device, so such bugs pass every CPU test and fail on the first GPU
+iteration. This mode gives the CPU run two devices again:
+
+- the compute device becomes `SIMULATED_ACCELERATOR` (`cpu:0`): a real CPU
+  device, so everything computes as usual, but one that is passed around
+  explicitly (`platform.detect().device`), like `cuda:N`;
+- every tensor created on the host (a factory call with no device or with
+  plain `cpu`, `torch.from_numpy`, `.cpu()`) is remembered as a host tensor,
+  and so is whatever is computed from host tensors alone; moving it to the
+  compute device (`.to(platform.device)`, megatron's `.cuda()`) gives a
+  compute tensor;
+- a collective on an accelerator group (every group but the gloo groups
+  opened as host groups, see `Platform.host_group` and megatron's own
+  `backend="gloo"` groups) refuses a host tensor with NCCL's own error,
+  naming the line that created the tensor.
+
+`CHATBAKER_DEVICE_RULES=nccl` turns it on (the test suite sets it for every
+process it starts); it only matters without CUDA, where real NCCL is absent.
+It is installed by `platform.apply_megatron_cpu_compat()`, which every
+process that runs megatron calls first.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import sys
+import weakref
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.overrides import TorchFunctionMode
+
+ENV = "CHATBAKER_DEVICE_RULES"
+SIMULATED_ACCELERATOR = torch.device("cpu", 0)
+HOST = torch.device("cpu")
+NCCL_ERROR = "No backend type associated with device type cpu"
+
+# Factories whose result lands on the default (host) device unless given one.
+_FACTORIES = frozenset(
+    {
+        torch.tensor,
+        torch.zeros,
+        torch.ones,
+        torch.empty,
+        torch.full,
+        torch.arange,
+        torch.rand,
+        torch.randn,
+        torch.randint,
+        torch.randperm,
+        torch.linspace,
+        torch.eye,
+        torch.empty_strided,
+        torch.scalar_tensor,
+    }
+)
+_COLLECTIVES = (
+    "all_reduce",
+    "broadcast",
+    "reduce",
+    "all_gather",
+    "all_gather_into_tensor",
+    "_all_gather_base",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "_reduce_scatter_base",
+    "all_to_all_single",
+    "all_to_all",
+    "gather",
+    "scatter",
+    "send",
+    "recv",
+    "isend",
+    "irecv",
+    "batch_isend_irecv",
+)
+
+# Host storages -> where they were created (storages keep one Python object
+# for their lifetime, so a weak mapping follows every view and `.data` alias).
+_host_storages: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_host_groups: dict[int, Any] = {}
+_installed: list[TorchFunctionMode] = []
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV) == "nccl" and not torch.cuda.is_available()
+
+
+def mark_host_group(group: Any) -> None:
+    """A gloo group whose collectives move host tensors (kept alive with the mark)."""
+    _host_groups[id(group)] = group
+
+
+def is_host_group(group: Any) -> bool:
+    return _host_groups.get(id(group)) is group
+
+
+def _storage(tensor: torch.Tensor) -> Any:
+    """The tensor's storage, or None for tensor subclasses without one (e.g. ShardedTensor)."""
+    try:
+        return tensor.untyped_storage()
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def _site(tensor: torch.Tensor) -> str | None:
+    """Where a host tensor was created; None for a compute tensor."""
+    storage = _storage(tensor)
+    return None if storage is None else _host_storages.get(storage)
+
+
+def is_host_tensor(tensor: torch.Tensor) -> bool:
+    return _site(tensor) is not None
+
+
+def _is_host_device(device: Any) -> bool:
+    """Whether a factory's `device=` names the host.
+
+    No device, the string "cpu" or `platform.HOST` do. A torch.device
+    object of type cpu is usually some tensor's `.device` ("where that
+    tensor is", which the tensor's own tag already tracks), so it does not.
+    """
+    if device is None or device is HOST:
+        return True
+    return isinstance(device, str) and device == "cpu"
+
+
+def _creation_site() -> str:
+    """The first frame outside torch and this platform package: who created the tensor."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if not (module.startswith(("torch", "chatbaker_megatron.platform"))):
+            return f"{frame.f_code.co_filename}:{frame.f_lineno} ({module})"
+        frame = frame.f_back
+    return "<unknown>"
+
+
+def _mark_host(result: Any, site: str) -> None:
+    if isinstance(result, torch.Tensor):
+        storage = _storage(result)
+        if storage is not None:
+            _host_storages[storage] = site
+    elif isinstance(result, (tuple, list)):
+        for item in result:
+            _mark_host(item, site)
+
+
+def _host_origin(args: tuple, kwargs: dict) -> str | None:
+    """Where the host inputs came from, when every tensor input of an op is on the host."""
+    site = None
+    for value in (*args, *kwargs.values()):
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        for item in items:
+            if not isinstance(item, torch.Tensor):
+                continue
+            item_site = _site(item)
+            if item_site is None:
+                # A compute tensor takes part: the result lives there (CUDA takes
+                # 0-dim host tensors as scalars next to GPU tensors).
+                return None
+            site = site or item_site
+    return site
+
+
+def _target_device(func: Any, args: tuple, kwargs: dict) -> tuple[bool, Any]:
+    """(moves, device) for Tensor.to / .cpu; moves is False for other functions.
+
+    `.cpu()`, `.to("cpu")` and `.to(HOST)` go to the host; any other CPU
+    torch.device (the simulated accelerator, or some tensor's `.device`,
+    which in practice names where the model is) goes to the compute device.
+    """
+    if func is torch.Tensor.cpu:
+        return True, HOST
+    if func is torch.Tensor.to:
+        device = kwargs.get("device", args[1] if len(args) > 1 else None)
+        if device is HOST or (isinstance(device, str) and device == "cpu"):
+            return True, HOST
+        if isinstance(device, torch.device) and device.type == "cpu":
+            return True, SIMULATED_ACCELERATOR
+        if isinstance(device, str) and device == "cpu:0":
+            return True, SIMULATED_ACCELERATOR
+    return False, None
+
+
+class DeviceRulesMode(TorchFunctionMode):
+    """Tracks which tensors live on the host (see the module docstring)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
+        kwargs = kwargs or {}
+        if func in _FACTORIES:
+            result = func(*args, **kwargs)
+            if _is_host_device(kwargs.get("device")):
+                _mark_host(result, _creation_site())
+            return result
+        if func is torch.from_numpy:
+            result = func(*args, **kwargs)
+            _mark_host(result, _creation_site())
+            return result
+        moves, device = _target_device(func, args, kwargs)
+        if moves:
+            return _move(func, args, kwargs, device)
+        if kwargs.get("device") is not None:
+            # An explicit device (empty_like(t, device=...), new_zeros(..., device=...))
+            # decides, whatever the inputs.
+            result = func(*args, **kwargs)
+            if _is_host_device(kwargs["device"]):
+                _mark_host(result, _creation_site())
+            return result
+        result = func(*args, **kwargs)
+        site = _host_origin(args, kwargs)
+        if site is not None:
+            _mark_host(result, site)
+        return result
+
+
+def _move(func: Any, args: tuple, kwargs: dict, device: Any) -> torch.Tensor:
+    """A copy between host and compute device: on one CPU the storage must differ too."""
+    source = args[0]
+    result = func(*args, **kwargs)
+    same_storage = _storage(result) is _storage(source) is not None
+    if device is HOST:
+        if same_storage and not is_host_tensor(source):
+            result = result.clone()
+        if not is_host_tensor(result):
+            _mark_host(result, _creation_site())
+    elif same_storage and is_host_tensor(source):
+        result = result.clone()
+    return result
+
+
+def to_accelerator(tensor: torch.Tensor) -> torch.Tensor:
+    """What `tensor.cuda()` gives in this mode: the same tensor, or a compute copy of a host one."""
+    if not is_host_tensor(tensor):
+        return tensor
+    copy = tensor.clone()
+    # The clone ran through the mode, which tags what is computed from host tensors.
+    _host_storages.pop(_storage(copy), None)
+    return copy
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _tensors(item)]
+    if isinstance(value, dist.P2POp):
+        return [value.tensor]
+    return []
+
+
+def _called_from_torch_distributed() -> bool:
+    """Whether the collective's caller is torch.distributed itself (past this mode's frames)."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__") in (__name__, "torch.overrides"):
+        frame = frame.f_back
+    return frame is not None and frame.f_globals.get("__name__", "").startswith("torch.distributed")
+
+
+def _check_collective(name: str, fn: Any) -> Any:
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        # torch's object collectives pick their own device per backend (the GPU
+        # under NCCL); only the callers' tensors are checked.
+        if _called_from_torch_distributed():
+            return fn(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs).arguments
+        groups = [bound.get("group")]
+        if name == "batch_isend_irecv":
+            groups = [op.group for op in bound["p2p_op_list"]]
+        if not any(group is not None and is_host_group(group) for group in groups):
+            for value in bound.values():
+                for tensor in _tensors(value):
+                    site = _site(tensor)
+                    if site is not None:
+                        raise RuntimeError(
+                            f"{NCCL_ERROR} (NCCL device rules: torch.distributed.{name} got a "
+                            f"host tensor created at {site}; tensors for collectives on an "
+                            "NCCL group must be created on platform.collective_device(group))"
+                        )
+        return fn(*args, **kwargs)
+
+    return checked
+
+
+def _marking_gloo_groups(new_group: Any) -> Any:
+    @functools.wraps(new_group)
+    def new_group_marked(*args: Any, **kwargs: Any) -> Any:
+        group = new_group(*args, **kwargs)
+        if kwargs.get("backend") == "gloo" and group is not None:
+            mark_host_group(group)
+        return group
+
+    return new_group_marked
+
+
+def install() -> bool:
+    """Turn the rules on in this process (idempotent); False when the mode is off."""
+    if not enabled():
+        return False
+    if _installed:
+        return True
+    c10d = sys.modules["torch.distributed.distributed_c10d"]
+    for name in _COLLECTIVES:
+        checked = _check_collective(name, getattr(c10d, name))
+        setattr(c10d, name, checked)
+        setattr(dist, name, checked)
+    dist.new_group = c10d.new_group = _marking_gloo_groups(c10d.new_group)
+    mode = DeviceRulesMode()
+    mode.__enter__()  # for the life of the process
+    _installed.append(mode)
+    return True

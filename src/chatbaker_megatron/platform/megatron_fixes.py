@@ -1,0 +1,64 @@
+"""Fixes to megatron-core 0.19 that every device needs (CPU and GPU alike).
+
+Without Transformer Engine or apex, megatron's optimizers run torch's
+AdamW, and the DistributedOptimizer's `fully_reshardable` load has two bugs
+with it:
+- it looks up a per-parameter 'step' tensor that megatron never saves (the
+  step is restored from the param groups first): the lookup is skipped;
+- it gives every parameter the same step tensor, which torch's Adam then
+  increments once per parameter, so the bias correction runs ahead after a
+  resume: each parameter gets its own copy after the load.
+A GPU machine without TE/apex (a plain PyTorch image) hits them exactly as
+the CPU does, so these apply on every device, only when megatron's Adam is
+torch's.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import torch
+
+_applied: list[str] = []
+
+FIXES = ("torch-Adam step on reshardable load",)
+
+
+def uses_torch_adam() -> bool:
+    """Whether megatron picked torch's Adam (no TE / apex fused Adam installed)."""
+    optimizer = importlib.import_module("megatron.core.optimizer")
+    return optimizer.Adam.__module__.startswith("torch.")
+
+
+def _fix_torch_adam_step_on_load() -> None:
+    dist_opt = importlib.import_module("megatron.core.optimizer.distrib_optimizer")
+    optimizer_cls = dist_opt.DistributedOptimizer
+    set_states = optimizer_cls._set_main_param_and_optimizer_states
+
+    def set_states_keeping_step(self: Any, model_param: Any, tensors: dict) -> None:
+        # A non-tensor entry is skipped by megatron's copy loop.
+        set_states(self, model_param, {"step": None, **tensors})
+
+    load_state_dict = optimizer_cls.load_state_dict
+
+    def load_state_dict_unsharing_step(self: Any, state_dict: dict) -> None:
+        load_state_dict(self, state_dict)
+        for param_state in self.optimizer.state.values():
+            if isinstance(param_state.get("step"), torch.Tensor):
+                param_state["step"] = param_state["step"].clone()
+
+    optimizer_cls._set_main_param_and_optimizer_states = set_states_keeping_step
+    optimizer_cls.load_state_dict = load_state_dict_unsharing_step
+
+
+def applied_fixes() -> list[str]:
+    return list(_applied)
+
+
+def apply() -> list[str]:
+    """Apply the fixes this process needs (idempotent); returns their names."""
+    if not _applied and uses_torch_adam():
+        _fix_torch_adam_step_on_load()
+        _applied.extend(FIXES)
+    return applied_fixes()

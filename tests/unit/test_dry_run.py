@@ -1,0 +1,95 @@
+"""`chatbaker train ... --dry-run`: the real shards, built as fake tensors, equal the planner.
+
+Each dry run is a subprocess: it owns torch.distributed's global state (a
+fake world of the run's size) and megatron's parallel_state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+TIMEOUT = 600
+
+
+def dry_run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "chatbaker_megatron.train", *args, "--dry-run", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+
+
+def dry_run_json(*args: str) -> dict:
+    result = dry_run(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize(
+    "overrides,ranks",
+    [
+        (["experiment=plm_7b_a100x256"], [0, 255]),
+        (["experiment=plm_1.3b_a100x256"], [0, 255]),
+        (
+            [
+                "experiment=plm_7b_a100x256",
+                "parallel.tp=4",
+                "parallel.pp=4",
+                "parallel.vpp=2",
+                "parallel.dp=null",
+            ],
+            [0, 63, 64, 127, 128, 191, 192, 255],
+        ),
+    ],
+)
+def test_default_ranks_equal_the_planner(overrides, ranks):
+    data = dry_run_json(*overrides)
+    assert [r["rank"] for r in data["ranks"]] == ranks
+    for r in data["ranks"]:
+        assert r["mismatches"] == [], r
+        for key in ("weights", "grads", "optimizer"):
+            assert r["built"][key] == r["planned"][key]
+
+
+def test_invalid_layout_fails_like_train():
+    result = dry_run("experiment=plm_7b_a100x256", "parallel.tp=3")
+    assert result.returncode != 0
+    assert "invalid config: parallel.tp*pp*cp=3: must divide the world size 256" in result.stderr
+
+
+def test_tiny_dry_run_equals_the_real_build():
+    """A 1-rank CPU build of the tiny model (real tensors) holds what the dry run reports."""
+    overrides = ["model.vocab_size=1000", "cluster.devices_per_node=1", "parallel.dp=null"]
+    report = dry_run_json(*overrides)["ranks"][0]["built"]
+    code = (
+        "import json, torch, torch.distributed as dist\n"
+        "from torch.testing._internal.distributed.fake_pg import FakeStore\n"
+        "from chatbaker_megatron.config.compose import compose\n"
+        "from chatbaker_megatron import parallel\n"
+        "from chatbaker_megatron.training import dry_run\n"
+        "from chatbaker_megatron.training.engine import build_engine\n"
+        f"cfg = compose({overrides!r})\n"
+        "dist.init_process_group('fake', store=FakeStore(), rank=0, world_size=1)\n"
+        "parallel.initialize(cfg.parallel, seed=1)\n"
+        "from chatbaker_megatron.config.schema import train_iters\n"
+        "from chatbaker_megatron.training.trainer import PRECISION_DTYPES\n"
+        "dtype = PRECISION_DTYPES[cfg.cluster.precision]\n"
+        "engine = build_engine(cfg.model, cfg.parallel, cfg.optim, vocab_size=1000,\n"
+        "    max_sequence_length=cfg.train.seq_length, train_iters=train_iters(cfg.train),\n"
+        "    global_batch_size=cfg.train.global_batch_size, params_dtype=dtype)\n"
+        "print(json.dumps(dry_run.held_state(engine, dtype != torch.float32).__dict__))\n"
+    )
+    real = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert real.returncode == 0, real.stderr
+    held = json.loads(real.stdout.strip().splitlines()[-1])
+    assert held == report
+    assert held["params"] > 0
