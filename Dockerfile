@@ -15,11 +15,11 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /workspace/chatbaker_megatron
 
-# Dependencies first, for layer caching. The NGC image's own torch (a 2.6.0a0
-# pre-release, which pip would "upgrade" to satisfy megatron-core's
-# torch>=2.6.0), numpy, TE, flash-attn and apex are kept: the image's exact
-# torch/numpy versions are pinned as constraints, on top of this project's
-# other pins.
+# Dependencies first, for layer caching. The NGC image's own torch, numpy, TE,
+# flash-attn and apex are kept: the image's exact torch/numpy versions are
+# pinned as constraints on top of this project's other pins, and megatron-core
+# goes in without its dependencies, since its torch>=2.6.0 excludes the image's
+# 2.6.0a0 pre-release (pip would replace it, or refuse the pin).
 COPY constraints.txt setup.py pyproject.toml README.md ./
 COPY src ./src
 COPY kernels ./kernels
@@ -27,8 +27,9 @@ COPY conf ./conf
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN grep -vE '^(torch|triton|numpy|nvidia-|cuda-)' constraints.txt > /tmp/constraints-ngc.txt \
     && pip list --format=freeze | grep -E '^(torch|numpy)==' >> /tmp/constraints-ngc.txt \
+    && pip install --no-deps "megatron-core==0.19.2" \
     && CHATBAKER_BUILD_CUDA=1 pip install --no-deps --no-build-isolation -e . \
-    && pip install -c /tmp/constraints-ngc.txt "megatron-core==0.19.2" hydra-core tokenizers \
+    && pip install -c /tmp/constraints-ngc.txt hydra-core tokenizers \
        transformers safetensors lm-eval rich tqdm psutil tensorboard matplotlib \
     && python -c "import chatbaker_megatron, megatron.core, importlib.util as u; assert u.find_spec('chatbaker_kernels._cuda_rmsnorm')"
 

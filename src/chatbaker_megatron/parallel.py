@@ -86,5 +86,15 @@ def initialize(cfg: ParallelConfig, *, seed: int, timeout_minutes: int = 30) -> 
 
 
 def destroy_model_parallel() -> None:
-    """Tear down megatron's groups but keep torch.distributed (so the next test can re-init)."""
+    """Tear down megatron's groups but keep the default group (so the next test can re-init).
+
+    megatron forgets its groups without destroying them; each gloo group keeps
+    its own polling thread, so a process that re-initialises (the test pools,
+    `chatbaker` tools run in one process) would pile them up and spend its
+    CPU time in them.
+    """
     parallel_state.destroy_model_parallel()
+    world = dist.group.WORLD
+    for group in list(dist.distributed_c10d._world.pg_map):
+        if group is not world:
+            dist.destroy_process_group(group)

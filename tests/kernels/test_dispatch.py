@@ -138,3 +138,20 @@ def test_torch_add_norm_is_add_then_norm():
     y, h = dispatch.add_norm_fn("torch")(x, residual, weight, 1e-6)
     assert torch.equal(h, x + residual)
     assert torch.equal(y, dispatch.torch_rms_norm(x + residual, weight, 1e-6))
+
+
+@pytest.mark.parametrize(
+    ("cuda", "modules", "dtype", "attention"),
+    [
+        # TE would be `auto`'s pick on a GPU, but megatron gives it no_mask under a KV cache.
+        (True, {"transformer_engine", "flash_attn"}, torch.bfloat16, "flash"),
+        (True, {"transformer_engine", "flash_attn"}, torch.float32, "torch"),  # flash: 16-bit only
+        (True, {"transformer_engine", "triton"}, torch.bfloat16, "torch"),
+        (False, {"flash_attn", "triton"}, torch.float32, "torch"),
+    ],
+)
+def test_kv_cache_kernels_align_the_causal_mask(monkeypatch, cuda, modules, dtype, attention):
+    _pretend_installed(monkeypatch, cuda=cuda, modules=modules)
+    chosen = dispatch.kv_cache_kernels(dtype)
+    assert chosen.attention == attention
+    assert chosen.attention not in ("te", "triton")

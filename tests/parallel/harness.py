@@ -31,11 +31,12 @@ def _free_port() -> int:
 
 
 def _reset_megatron_state() -> None:
-    from megatron.core import num_microbatches_calculator, parallel_state
+    from megatron.core import num_microbatches_calculator
     from megatron.core.tensor_parallel import random as tp_random
 
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
+    from chatbaker_megatron import parallel
+
+    parallel.destroy_model_parallel()
     num_microbatches_calculator.destroy_num_microbatches_calculator()
     tp_random.get_cuda_rng_tracker().reset()
 
