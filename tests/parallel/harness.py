@@ -13,6 +13,7 @@ stuck in a collective); the next task starts a fresh pool.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import queue
@@ -37,6 +38,9 @@ def _reset_megatron_state() -> None:
     from chatbaker_megatron import parallel
 
     parallel.destroy_model_parallel()
+    # The finished task's engine holds its groups in reference cycles; a group's
+    # polling thread ends only when the group is freed.
+    gc.collect()
     num_microbatches_calculator.destroy_num_microbatches_calculator()
     tp_random.get_cuda_rng_tracker().reset()
 

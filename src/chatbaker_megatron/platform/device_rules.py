@@ -87,7 +87,8 @@ _COLLECTIVES = (
 # Host storages -> where they were created (storages keep one Python object
 # for their lifetime, so a weak mapping follows every view and `.data` alias).
 _host_storages: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_host_groups: dict[int, Any] = {}
+# Weak: a destroyed group must be freed (each gloo group keeps a polling thread).
+_host_groups: weakref.WeakSet = weakref.WeakSet()
 _installed: list[TorchFunctionMode] = []
 
 
@@ -96,12 +97,12 @@ def enabled() -> bool:
 
 
 def mark_host_group(group: Any) -> None:
-    """A gloo group whose collectives move host tensors (kept alive with the mark)."""
-    _host_groups[id(group)] = group
+    """A gloo group whose collectives move host tensors."""
+    _host_groups.add(group)
 
 
 def is_host_group(group: Any) -> bool:
-    return _host_groups.get(id(group)) is group
+    return group in _host_groups
 
 
 def _storage(tensor: torch.Tensor) -> Any:
