@@ -299,7 +299,8 @@ def _marking_gloo_groups(new_group: Any) -> Any:
     @functools.wraps(new_group)
     def new_group_marked(*args: Any, **kwargs: Any) -> Any:
         group = new_group(*args, **kwargs)
-        if kwargs.get("backend") == "gloo" and group is not None:
+        # Ranks outside the new group get a marker (None or an int), not a group.
+        if kwargs.get("backend") == "gloo" and isinstance(group, dist.ProcessGroup):
             mark_host_group(group)
         return group
 
