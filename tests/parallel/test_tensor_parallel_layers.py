@@ -109,7 +109,7 @@ def run_case(case: str) -> dict[str, Any]:
         vocab_parallel_cross_entropy,
     )
 
-    from chatbaker_megatron import parallel
+    from chatbaker_megatron import parallel, platform
     from chatbaker_megatron.config.parallel import ParallelConfig
 
     sp = case.endswith("_sp")
@@ -123,7 +123,9 @@ def run_case(case: str) -> dict[str, Any]:
         perform_initialization=False,
         params_dtype=torch.float32,
     )
-    data = full_data(case)
+    plat = platform.detect()
+    # On the compute device, as the model and its batches are in training.
+    data = {key: plat.from_host(value) for key, value in full_data(case).items()}
     init = torch.nn.init.zeros_
     out: dict[str, Any] = {"rank": rank}
 
@@ -159,6 +161,7 @@ def run_case(case: str) -> dict[str, Any]:
     else:
         raise ValueError(case)
 
+    layer = plat.to_device(layer)
     load_(layer.weight, data["weight"], rank)
     if getattr(layer, "bias", None) is not None:
         load_(layer.bias, data["bias"], rank)

@@ -431,7 +431,7 @@ def test_docs_table_lists_exactly_the_patches():
     assert _doc_table_rows("### megatron fixes on every device") == list(megatron_fixes.FIXES)
 
 
-def test_every_patch_checks_its_targets_before_applying():
+def test_every_patch_checks_its_targets_before_applying(restore_patch_targets):
     # On this megatron-core every target still looks as it did when checked.
     for patch in PATCHES:
         patch.check()

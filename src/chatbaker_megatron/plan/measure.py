@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -108,16 +109,26 @@ class CollectiveCounter:
 
     def __init__(self) -> None:
         self.calls: list[CollectiveCall] = []
+        self._inside = threading.local()
 
     def _wrap(self, fn: Any, op: str, size: Any) -> Any:
         signature = inspect.signature(fn)
 
         def counted(*args: Any, **kwargs: Any) -> Any:
+            # A collective called through this wrapper can come back to it once
+            # more: c10d hands itself, by its (wrapped) global name, to any
+            # active torch function mode. Count the outermost call only.
+            if getattr(self._inside, "active", False):
+                return fn(*args, **kwargs)
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             group = bound.arguments.get("group")
             self.calls.append(CollectiveCall(op, group, size(bound.arguments)))
-            return fn(*args, **kwargs)
+            self._inside.active = True
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._inside.active = False
 
         counted.__wrapped__ = fn  # type: ignore[attr-defined]
         return counted

@@ -80,15 +80,17 @@ def measure_saved(tp: int, sp: bool, bf16: bool) -> dict[str, Any]:
     from chatbaker_megatron.plan.measure import SavedTensorCounter
 
     par = ParallelConfig(tp=tp, sp=sp)
-    parallel.initialize(par, seed=1)
+    plat = parallel.initialize(par, seed=1).platform
     tokens = torch.randint(0, VOCAB, (MICRO, SEQ), generator=torch.Generator().manual_seed(0))
-    positions = torch.arange(SEQ).expand(MICRO, SEQ)
+    tokens = plat.from_host(tokens)
+    positions = plat.from_host(torch.arange(SEQ).expand(MICRO, SEQ))
     saved, params = {}, 0
     for recompute in RECOMPUTE_MODES:
         for depth in DEPTHS:
             model = dataclasses.replace(MODEL, num_layers=depth)
             layout = dataclasses.replace(par, recompute=recompute)
             chunk = build_model(model, layout, vocab_size=VOCAB, max_sequence_length=SEQ)[0]
+            chunk = plat.to_device(chunk)
             if depth == DEPTHS[0]:
                 params = sum(p.numel() for p in chunk.parameters())
             if bf16:  # as training/engine.py wraps it
@@ -184,7 +186,12 @@ def measure_step(
         train_iters=warmup_steps + 1,
         global_batch_size=global_batch,
     )
-    batches = micro_batches(par.micro_batch_size, ctx.dp, ctx.dp_rank, global_batch, seq, VOCAB)
+    batches = [
+        {key: ctx.platform.from_host(value) for key, value in batch.items()}
+        for batch in micro_batches(
+            par.micro_batch_size, ctx.dp, ctx.dp_rank, global_batch, seq, VOCAB
+        )
+    ]
     for _ in range(warmup_steps):
         train_step(engine, batches, global_batch_size=global_batch)
     counter, recorder = CollectiveCounter(), ScheduleRecorder()

@@ -63,6 +63,7 @@ _FACTORIES = frozenset(
         torch.scalar_tensor,
     }
 )
+_C10D = "torch.distributed.distributed_c10d"
 _COLLECTIVES = (
     "all_reduce",
     "broadcast",
@@ -198,6 +199,10 @@ class DeviceRulesMode(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
         kwargs = kwargs or {}
+        collective = _collective_name(func)
+        if collective is not None:
+            _check_collective(collective, inspect.unwrap(func), args, kwargs)
+            return func(*args, **kwargs)
         if func in _FACTORIES:
             result = func(*args, **kwargs)
             if _is_host_device(kwargs.get("device")):
@@ -259,40 +264,56 @@ def _tensors(value: Any) -> list[torch.Tensor]:
     return []
 
 
-def _called_from_torch_distributed() -> bool:
-    """Whether the collective's caller is torch.distributed itself (past this mode's frames)."""
+def _collective_name(func: Any) -> str | None:
+    """The c10d collective behind `func` (itself or a wrapper of it), else None.
+
+    Every c10d collective with tensor arguments hands itself to the active
+    torch function mode, so the check sits here, whoever the caller and
+    whatever alias it called.
+    """
+    inner = inspect.unwrap(func) if hasattr(func, "__wrapped__") else func
+    if getattr(inner, "__module__", None) != _C10D:
+        return None
+    name = getattr(inner, "__name__", None)
+    return name if name in _COLLECTIVES else None
+
+
+def _inside_object_collective() -> bool:
+    """Whether torch's own object collectives (all_gather_object, ...) made this call.
+
+    They pick their tensors' device per backend themselves (the GPU under NCCL).
+    """
     frame = sys._getframe(2)
-    while frame is not None and frame.f_globals.get("__name__") in (__name__, "torch.overrides"):
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if not module.startswith(("torch", __name__)):
+            return False
+        if frame.f_code.co_name.endswith(("_object", "_object_list")):
+            return True
         frame = frame.f_back
-    return frame is not None and frame.f_globals.get("__name__", "").startswith("torch.distributed")
+    return False
 
 
-def _check_collective(name: str, fn: Any) -> Any:
-    signature = inspect.signature(fn)
+@functools.cache
+def _signature(fn: Any) -> inspect.Signature:
+    return inspect.signature(fn)
 
-    @functools.wraps(fn)
-    def checked(*args: Any, **kwargs: Any) -> Any:
-        # torch's object collectives pick their own device per backend (the GPU
-        # under NCCL); only the callers' tensors are checked.
-        if _called_from_torch_distributed():
-            return fn(*args, **kwargs)
-        bound = signature.bind(*args, **kwargs).arguments
-        groups = [bound.get("group")]
-        if name == "batch_isend_irecv":
-            groups = [op.group for op in bound["p2p_op_list"]]
-        if not any(group is not None and is_host_group(group) for group in groups):
-            for value in bound.values():
-                for tensor in _tensors(value):
-                    site = _site(tensor)
-                    if site is not None:
-                        raise RuntimeError(
-                            f"{NCCL_ERROR} (NCCL device rules: torch.distributed.{name} got a "
-                            f"host tensor created at {site}; tensors for collectives on an "
-                            "NCCL group must be created on platform.collective_device(group))"
-                        )
-        return fn(*args, **kwargs)
 
-    return checked
+def _check_collective(name: str, fn: Any, args: tuple, kwargs: dict) -> None:
+    """Refuse a host tensor on an accelerator group, as NCCL does."""
+    bound = _signature(fn).bind(*args, **kwargs).arguments
+    groups = [bound.get("group")]
+    if any(group is not None and is_host_group(group) for group in groups):
+        return
+    for value in bound.values():
+        for tensor in _tensors(value):
+            site = _site(tensor)
+            if site is not None and not _inside_object_collective():
+                raise RuntimeError(
+                    f"{NCCL_ERROR} (NCCL device rules: torch.distributed.{name} got a "
+                    f"host tensor created at {site}; tensors for collectives on an "
+                    "NCCL group must be created on platform.collective_device(group))"
+                )
 
 
 def _marking_gloo_groups(new_group: Any) -> Any:
@@ -313,11 +334,7 @@ def install() -> bool:
         return False
     if _installed:
         return True
-    c10d = sys.modules["torch.distributed.distributed_c10d"]
-    for name in _COLLECTIVES:
-        checked = _check_collective(name, getattr(c10d, name))
-        setattr(c10d, name, checked)
-        setattr(dist, name, checked)
+    c10d = sys.modules[_C10D]
     dist.new_group = c10d.new_group = _marking_gloo_groups(c10d.new_group)
     mode = DeviceRulesMode()
     mode.__enter__()  # for the life of the process
