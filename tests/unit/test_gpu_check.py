@@ -236,24 +236,21 @@ def test_wheel_set_imports_the_project_next_to_a_bare_torch(tmp_path):
         "from chatbaker_megatron.config.compose import compose\n"
         "print(compose(['cluster=gpu_1', 'model=1.3b']).cluster.name)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-S", "-c", probe],
-        cwd=tmp_path,
-        env=scratch_env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+
+    def scratch_python(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-S", *args],
+            cwd=tmp_path,
+            env=scratch_env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    done = scratch_python("-c", probe)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines()[-1] == "gpu_1"
 
-    job = subprocess.run(
-        [sys.executable, "-S", "-m", "chatbaker_megatron.train", "--cfg", "job"],
-        cwd=tmp_path,
-        env=scratch_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    job = scratch_python("-m", "chatbaker_megatron.train", "--cfg", "job")
     assert job.returncode == 0, job.stderr[-3000:]
     assert "hidden_size:" in job.stdout

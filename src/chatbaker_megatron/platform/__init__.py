@@ -27,7 +27,6 @@ from chatbaker_megatron.platform.device import (
     Platform,
     detect,
     megatron_config_overrides,
-    memory_gib,
 )
 
 
@@ -54,6 +53,5 @@ __all__ = [
     "check_megatron_version",
     "detect",
     "megatron_config_overrides",
-    "memory_gib",
     "prepare_megatron",
 ]

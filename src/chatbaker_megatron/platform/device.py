@@ -101,10 +101,6 @@ class Platform:
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor.to(self.device)
 
-    def synchronize(self) -> None:
-        if self.is_cuda:
-            torch.cuda.synchronize(self.device)
-
     def rng_state(self) -> dict[str, torch.Tensor]:
         """The host RNG state, plus the GPU's when computing on one."""
         state = {"torch": torch.get_rng_state()}
@@ -139,10 +135,6 @@ def detect() -> Platform:
     if device_rules.enabled():
         return Platform(device_rules.SIMULATED_ACCELERATOR, "gloo")
     return Platform(HOST, "gloo")
-
-
-def memory_gib() -> float:
-    return detect().memory_gib()
 
 
 def megatron_config_overrides() -> dict[str, Any]:
