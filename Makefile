@@ -7,18 +7,22 @@ STAMP := $(VENV)/.installed
 # A Python >= 3.12 (megatron-core 0.19 needs it); override with PYTHON=/path/to/python3.12.
 PYTHON ?= $(shell scripts/find-python.sh)
 PYTEST_ARGS ?=
+PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
 .PHONY: setup test demo demo-hf lint format check-cuda lint-docker ci clean gpu-check gpu-wheels
 
 setup: $(STAMP)
 
+# Prints nothing but errors and pip's own warnings. Pinned versions:
+# constraints.txt (regenerate with `pip freeze` after an upgrade). setuptools
+# ends every editable install with a notice about folders named like the
+# package shadowing it (none here: the packages live in src/, kernels/, conf/).
 $(STAMP): setup.py pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || { scripts/find-python.sh; exit 1; }
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	# Pinned versions: constraints.txt (regenerate with `pip freeze` after an upgrade).
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
-	touch $(STAMP)
+	@$(PYTHON) -m venv $(VENV)
+	@$(PIP) install --upgrade pip
+	@PYTHONWARNINGS="ignore:Editable installation" $(PIP) install -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
 
 # The whole suite. pytest exits 5 when it collected nothing: that is a failure here.
 test: setup
@@ -47,6 +51,7 @@ demo-hf: setup
 lint: setup
 	$(BIN)/ruff check src kernels tests benchmarks conf scripts
 	$(BIN)/ruff format --check src kernels tests benchmarks scripts
+	$(BIN)/lint-imports
 
 format: setup
 	$(BIN)/ruff check --fix src kernels tests benchmarks scripts

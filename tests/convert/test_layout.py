@@ -7,25 +7,23 @@ import json
 import pytest
 import torch
 
+from chatbaker_megatron.config.model import ModelConfig
 from chatbaker_megatron.convert import layout
 from chatbaker_megatron.convert.safetensors_io import INDEX_FILE, HFWeights, ShardWriter, parse_size
 
-ARCH = layout.Arch(
-    num_layers=2,
-    hidden_size=8,
-    num_heads=6,
-    num_kv_heads=2,
-    head_dim=2,
-    ffn_hidden_size=10,
-    vocab_size=11,
+# 6 query heads in 2 groups (3:1 GQA), head dim 2.
+MODEL = ModelConfig(
+    num_layers=2, hidden_size=12, num_attention_heads=6, num_query_groups=2, ffn_hidden_size=10
 )
+ARCH = layout.Arch(MODEL, vocab_size=11)
+H = MODEL.hidden_size
 
 
 def fused_qkv_by_hand(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """megatron's fused QKV as model/sharding.py documents it: per group [its q heads, k, v]."""
-    d, per_group = ARCH.head_dim, ARCH.num_heads // ARCH.num_kv_heads
+    d, per_group = MODEL.head_dim, MODEL.num_attention_heads // MODEL.kv_heads
     rows = []
-    for group in range(ARCH.num_kv_heads):
+    for group in range(MODEL.kv_heads):
         for head in range(group * per_group, (group + 1) * per_group):
             rows.append(q[head * d : (head + 1) * d])
         rows.append(k[group * d : (group + 1) * d])
@@ -34,10 +32,10 @@ def fused_qkv_by_hand(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
 
 
 def test_qkv_split_follows_query_groups():
-    h, d = ARCH.hidden_size, ARCH.head_dim
-    q = torch.randn(ARCH.num_heads * d, h)
-    k = torch.randn(ARCH.num_kv_heads * d, h)
-    v = torch.randn(ARCH.num_kv_heads * d, h)
+    h, d = MODEL.hidden_size, MODEL.head_dim
+    q = torch.randn(MODEL.num_attention_heads * d, h)
+    k = torch.randn(MODEL.kv_heads * d, h)
+    v = torch.randn(MODEL.kv_heads * d, h)
     fused = fused_qkv_by_hand(q, k, v)
     split = layout.split_qkv(fused, ARCH)
     for got, want in zip(split, (q, k, v)):
@@ -49,28 +47,28 @@ def test_qkv_shape_errors_name_the_shapes():
     with pytest.raises(layout.LayoutError, match=r"fused QKV weight has shape \(5, 8\)"):
         layout.split_qkv(torch.zeros(5, 8), ARCH)
     with pytest.raises(layout.LayoutError, match="k_proj"):
-        q = torch.zeros(12, 8)
-        layout.merge_qkv(q, torch.zeros(3, 8), torch.zeros(4, 8), ARCH)
+        q = torch.zeros(12, H)
+        layout.merge_qkv(q, torch.zeros(3, H), torch.zeros(4, H), ARCH)
 
 
 def test_every_tensor_round_trips_and_vocab_padding_is_dropped():
     rows = 16  # padded vocabulary
     megatron = {
-        layout.EMBEDDING: torch.randn(rows, 8),
-        layout.OUTPUT_LAYER: torch.randn(rows, 8),
-        layout.FINAL_NORM: torch.randn(8),
+        layout.EMBEDDING: torch.randn(rows, H),
+        layout.OUTPUT_LAYER: torch.randn(rows, H),
+        layout.FINAL_NORM: torch.randn(H),
     }
-    for i in range(ARCH.num_layers):
+    for i in range(MODEL.num_layers):
         prefix = f"decoder.layers.{i}."
-        megatron[prefix + layout.QKV] = torch.randn(20, 8)
-        megatron[prefix + "self_attention.linear_proj.weight"] = torch.randn(8, 12)
-        megatron[prefix + "input_layernorm.weight"] = torch.randn(8)
-        megatron[prefix + "pre_mlp_layernorm.weight"] = torch.randn(8)
-        megatron[prefix + layout.FC1] = torch.randn(20, 8)
-        megatron[prefix + "mlp.linear_fc2.weight"] = torch.randn(8, 10)
+        megatron[prefix + layout.QKV] = torch.randn(20, H)
+        megatron[prefix + "self_attention.linear_proj.weight"] = torch.randn(H, 12)
+        megatron[prefix + "input_layernorm.weight"] = torch.randn(H)
+        megatron[prefix + "pre_mlp_layernorm.weight"] = torch.randn(H)
+        megatron[prefix + layout.FC1] = torch.randn(20, H)
+        megatron[prefix + "mlp.linear_fc2.weight"] = torch.randn(H, 10)
     hf = dict(pair for name, t in megatron.items() for pair in layout.to_hf(name, t, ARCH))
     assert sorted(hf) == sorted(layout.hf_names(ARCH))
-    assert hf[layout.HF_EMBEDDING].shape == (ARCH.vocab_size, 8)
+    assert hf[layout.HF_EMBEDDING].shape == (ARCH.vocab_size, H)
     assert torch.equal(
         hf["model.layers.1.mlp.up_proj.weight"], megatron["decoder.layers.1." + layout.FC1][10:]
     )

@@ -2,8 +2,8 @@
 
 import pytest
 
-from chatbaker_megatron.data.prepare import DemoData, prepare_demo_data
-from chatbaker_megatron.data.tokenizer import ChatBakerTokenizer, load_tokenizer
+from chatbaker_megatron.data.demo.prepare import DemoData, prepare_demo_data
+from chatbaker_megatron.data.tokenizer.load import ChatBakerTokenizer, load_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 import pytest
 
+from chatbaker_megatron.config.data import CHAT_TEMPLATES
 from chatbaker_megatron.data.templates import (
     TEMPLATES,
     ChatTemplate,
@@ -134,3 +135,8 @@ def test_templates_load_by_name_or_yaml(tmp_path):
     assert render_prompt(mine, [Message(U, "hi")], **SPECIAL) == "Q: hi\nA:"
     with pytest.raises(ValueError, match="unknown chat template 'nope'"):
         load_template("nope")
+
+
+def test_the_config_names_exactly_the_shipped_templates():
+    # config/data.py checks data.sft.template without importing this package.
+    assert tuple(TEMPLATES) == CHAT_TEMPLATES

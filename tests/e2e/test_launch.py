@@ -14,8 +14,9 @@ import psutil
 import pytest
 import yaml
 
-from chatbaker_megatron.data.prepare import prepare_demo_data
-from chatbaker_megatron.training.checkpoint import latest_checkpoint, read_common
+from chatbaker_megatron.checkpoint.layout import latest_checkpoint
+from chatbaker_megatron.checkpoint.state import read_common
+from chatbaker_megatron.data.demo.prepare import prepare_demo_data
 
 TRAIN = [sys.executable, "-m", "chatbaker_megatron.train"]
 

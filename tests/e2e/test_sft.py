@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from chatbaker_megatron.training.checkpoint import latest_checkpoint, read_common
+from chatbaker_megatron.checkpoint.layout import latest_checkpoint
+from chatbaker_megatron.checkpoint.state import read_common
 from tests.e2e.test_training import LOSS_TOL, base_overrides, data_root, losses, run_trainer  # noqa: F401
 
 PLM_STEPS = 30

@@ -16,10 +16,11 @@ import shutil
 import pytest
 import torch
 
+from chatbaker_megatron.checkpoint.layout import latest_checkpoint
+from chatbaker_megatron.checkpoint.state import read_common
 from chatbaker_megatron.config.compose import compose
-from chatbaker_megatron.data.prepare import prepare_demo_data
+from chatbaker_megatron.data.demo.prepare import prepare_demo_data
 from chatbaker_megatron.model.sharding import full_state
-from chatbaker_megatron.training.checkpoint import latest_checkpoint, read_common
 from chatbaker_megatron.training.trainer import Trainer, checkpoint_dir
 
 STEPS = 6

@@ -6,7 +6,7 @@ import io
 import subprocess
 import sys
 
-from chatbaker_megatron.data.sft_tokenize import encode_prompt
+from chatbaker_megatron.data.preprocess.sft_tokenize import encode_prompt
 from chatbaker_megatron.data.templates import TEMPLATES, Message
 from chatbaker_megatron.inference.backends import HFBackend
 from chatbaker_megatron.inference.chat_cli import ChatSession, repl, turn_stops
@@ -52,7 +52,7 @@ def test_role_token_ends_a_reply(exported):
 
 
 def test_stream_holds_back_stop_strings_and_split_characters(tokenizer_dir):
-    from chatbaker_megatron.data.tokenizer import load_tokenizer
+    from chatbaker_megatron.data.tokenizer.load import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
     pieces: list[str] = []

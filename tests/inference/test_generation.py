@@ -17,7 +17,7 @@ from chatbaker_megatron.cli import main as cli_main
 from chatbaker_megatron.inference.backends import HFBackend
 from chatbaker_megatron.inference.generator import Generator
 from chatbaker_megatron.inference.sampling import SamplingConfig
-from tests.convert import tiny
+from tests.support import tiny_checkpoints as tiny
 
 PROMPT = "대한민국 헌법 제1조 The Python"
 GREEDY = SamplingConfig(greedy=True, max_new_tokens=12)

@@ -1,8 +1,7 @@
-"""The kernel dispatcher: resolution order, clear errors, and the builders it hands the model spec."""
+"""The kernel dispatcher: resolution order, clear errors, and the functional ops it hands out."""
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import pytest
@@ -111,33 +110,6 @@ def test_te_has_no_functional_op():
 def test_functional_lookup_of_unknown_backend_is_an_error():
     with pytest.raises(KernelBackendError, match="no such norm backend"):
         dispatch.norm_fn("flash")
-
-
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_spec_builders_carry_the_backend(backend):
-    from chatbaker_megatron.model.layers import CoreAttention, RMSNorm
-
-    norm = dispatch.norm_spec(backend)
-    attention = dispatch.core_attention_spec(backend)
-    assert isinstance(norm, functools.partial) and norm.func is RMSNorm
-    assert norm.keywords == {"backend": backend}
-    assert isinstance(attention, functools.partial) and attention.func is CoreAttention
-    assert attention.keywords == {"backend": backend}
-
-
-def test_spec_builders_reject_unknown_backends():
-    with pytest.raises(KernelBackendError):
-        dispatch.norm_spec("flash")
-    with pytest.raises(KernelBackendError):
-        dispatch.core_attention_spec("auto")
-
-
-def test_torch_add_norm_is_add_then_norm():
-    torch.manual_seed(0)
-    x, residual, weight = torch.randn(3, 16), torch.randn(3, 16), torch.rand(16)
-    y, h = dispatch.add_norm_fn("torch")(x, residual, weight, 1e-6)
-    assert torch.equal(h, x + residual)
-    assert torch.equal(y, dispatch.torch_rms_norm(x + residual, weight, 1e-6))
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import importlib.util
 import pytest
 import torch
 
-from chatbaker_megatron.model import dispatch
+from chatbaker_megatron.model import dispatch, spec
 from tests.kernels import reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU-only: needs CUDA")
@@ -88,8 +88,8 @@ def test_cuda_extension_empty_rows_and_bad_dtype():
 def test_te_spec_entries_are_megatrons_te_modules():
     from megatron.core.extensions.transformer_engine import TEDotProductAttention, TENorm
 
-    assert dispatch.norm_spec("te") is TENorm
-    assert dispatch.core_attention_spec("te") is TEDotProductAttention
+    assert spec.norm_spec("te") is TENorm
+    assert spec.core_attention_spec("te") is TEDotProductAttention
 
 
 @needs_te

@@ -9,6 +9,7 @@ step unscales the gradients and updates the loss scale exactly once.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 
 import pytest
@@ -16,20 +17,18 @@ import torch
 import torch.distributed as dist
 
 from chatbaker_megatron import parallel, platform
-from chatbaker_megatron.config.model import ModelConfig
 from chatbaker_megatron.config.optim import OptimConfig
 from chatbaker_megatron.config.parallel import ParallelConfig
 from chatbaker_megatron.platform import device_rules
 from chatbaker_megatron.training.engine import build_engine
 from chatbaker_megatron.training.step import train_step
+from tests.support.tiny_model import TINY_MODEL
 
 pytestmark = pytest.mark.skipif(
     not device_rules.enabled(), reason="the rules are a CPU test mode (real NCCL on GPU)"
 )
 
-TINY = ModelConfig(
-    num_layers=2, hidden_size=32, num_attention_heads=4, ffn_hidden_size=64, num_query_groups=2
-)
+TINY = dataclasses.replace(TINY_MODEL, num_layers=2, hidden_size=32, ffn_hidden_size=64)
 
 
 def _refusal(fn) -> str | None:

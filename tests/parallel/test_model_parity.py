@@ -20,17 +20,8 @@ from chatbaker_megatron.config.parallel import ParallelConfig
 from chatbaker_megatron.model.sharding import full_state
 from chatbaker_megatron.training.engine import build_engine
 from chatbaker_megatron.training.step import train_step
+from tests.support.tiny_model import SEQ, TINY_MODEL, VOCAB, micro_batches
 
-MODEL = ModelConfig(
-    num_layers=4,
-    hidden_size=64,
-    num_attention_heads=4,
-    num_query_groups=2,
-    ffn_hidden_size=176,
-    max_position_embeddings=64,
-)
-VOCAB = 250
-SEQ = 16
 GLOBAL_BATCH = 8
 MICRO_BATCH = 2
 STEPS = 3
@@ -45,31 +36,16 @@ GRAD_TOL = {"atol": 1e-7, "rtol": 1e-4}
 WEIGHT_TOL = {"atol": 2e-5, "rtol": 0.0}
 
 
-def global_batch(step: int) -> torch.Tensor:
-    """A fixed batch for every step, so the 3 steps must lower the loss."""
-    gen = torch.Generator().manual_seed(1000)
-    return torch.randint(0, VOCAB, (GLOBAL_BATCH, SEQ + 1), generator=gen)
-
-
-def micro_batches(
-    step: int, dp: int, dp_rank: int, plat: platform.Platform
-) -> list[dict[str, torch.Tensor]]:
-    """This DP rank's contiguous slice of the global batch, split into micro-batches."""
-    samples = global_batch(step).chunk(dp)[dp_rank]
-    out = []
-    for mb in samples.split(MICRO_BATCH):
-        batch = {
-            "tokens": mb[:, :-1].contiguous(),
-            "labels": mb[:, 1:].contiguous(),
-            "loss_mask": torch.ones(mb.shape[0], SEQ),
-            "position_ids": torch.arange(SEQ).expand(mb.shape[0], SEQ).contiguous(),
-        }
-        out.append({key: plat.from_host(value) for key, value in batch.items()})
-    return out
+def step_batches(dp: int, dp_rank: int, plat: platform.Platform) -> list[dict[str, torch.Tensor]]:
+    """This DP rank's micro-batches of the fixed global batch, on the compute device."""
+    return [
+        {key: plat.from_host(value) for key, value in batch.items()}
+        for batch in micro_batches(MICRO_BATCH, dp, dp_rank, GLOBAL_BATCH)
+    ]
 
 
 def train(
-    cfg: ParallelConfig, init: dict[str, torch.Tensor] | None, model: ModelConfig = MODEL
+    cfg: ParallelConfig, init: dict[str, torch.Tensor] | None, model: ModelConfig = TINY_MODEL
 ) -> dict:
     """Run STEPS steps on this rank; return what every rank can compare."""
     ctx = parallel.initialize(cfg, seed=1234)
@@ -88,7 +64,7 @@ def train(
     for step in range(STEPS):
         result = train_step(
             engine,
-            micro_batches(step, ctx.dp, ctx.dp_rank, ctx.platform),
+            step_batches(ctx.dp, ctx.dp_rank, ctx.platform),
             global_batch_size=GLOBAL_BATCH,
         )
         losses.append(result.loss)
@@ -122,7 +98,7 @@ CASES = {
 
 
 # The fused Triton kernels (interpreted on CPU) in place of the torch ones.
-TRITON = dataclasses.replace(MODEL, kernels=KernelsConfig(attention="triton", norm="triton"))
+TRITON = dataclasses.replace(TINY_MODEL, kernels=KernelsConfig(attention="triton", norm="triton"))
 KERNEL_CASES = {
     "single_rank_triton": (1, ParallelConfig(micro_batch_size=MICRO_BATCH)),
     "tp2_sp_triton": (2, ParallelConfig(tp=2, sp=True, micro_batch_size=MICRO_BATCH)),

@@ -77,3 +77,13 @@ def test_invalid_config_names_the_key(overrides):
 def test_wrong_type_fails_at_compose():
     with pytest.raises(Exception, match=r"parallel\.tp"):
         compose(["parallel.tp=two"])
+
+
+def test_model_vocab_size_is_the_tokenizers():
+    """The tokenizer decides the vocabulary; `model.vocab_size` only states it (for the planner)."""
+    compose(["model.vocab_size=null"]).model.check_vocab_size(4096)
+    model = compose(["model=1.3b"]).model
+    model.check_vocab_size(50304)
+    with pytest.raises(ValueError) as err:
+        model.check_vocab_size(4096)
+    assert str(err.value).startswith("model.vocab_size=50304 but the tokenizer has 4096 tokens")

@@ -64,6 +64,14 @@ def test_invalid_layout_fails_like_train():
     assert "invalid config: parallel.tp*pp*cp=3: must divide the world size 256" in result.stderr
 
 
+def test_unstated_vocab_size_is_named():
+    """The bundled tiny model takes the tokenizer's vocabulary; the dry run asks for it."""
+    result = dry_run("cluster.devices_per_node=1", "parallel.dp=null")
+    assert result.returncode != 0
+    assert "--dry-run needs model.vocab_size" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_tiny_dry_run_equals_the_real_build():
     """A 1-rank CPU build of the tiny model (real tensors) holds what the dry run reports."""
     overrides = ["model.vocab_size=1000", "cluster.devices_per_node=1", "parallel.dp=null"]

@@ -22,8 +22,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from chatbaker_megatron.config.compose import compose
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.scratch_install import ROOT, install, scratch_python
 
 
 def _load_driver():
@@ -215,19 +214,12 @@ def test_wheel_set_imports_the_project_next_to_a_bare_torch(tmp_path):
     }  # fmt: skip
     assert sum(p.stat().st_size for p in wheels.iterdir()) < 4e6
 
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile"]
-    subprocess.run([*pip, "--target", site, *wheels.glob("*.whl")], check=True, timeout=300)
-    subprocess.run(
-        [*pip, "--no-build-isolation", "--target", site, ROOT],
-        env=dict(os.environ, CHATBAKER_BUILD_CUDA="0"),
-        check=True,
-        timeout=300,
-    )
+    install(site, *wheels.glob("*.whl"))
+    install(site, ROOT)
     assert not (site / "torch").exists()
 
-    # -S: no site-packages; the scratch install and the bare machine are all there is.
-    bare = _bare_machine(tmp_path / "machine")
-    scratch_env = dict(os.environ, PYTHONPATH=f"{site}{os.pathsep}{bare}")
+    # The scratch install and the bare machine are all there is.
+    path = [site, _bare_machine(tmp_path / "machine")]
     probe = (
         "import chatbaker_megatron, chatbaker_megatron.training.trainer, "
         "chatbaker_megatron.convert.export_hf, chatbaker_megatron.inference.generate_cli, "
@@ -236,21 +228,10 @@ def test_wheel_set_imports_the_project_next_to_a_bare_torch(tmp_path):
         "from chatbaker_megatron.config.compose import compose\n"
         "print(compose(['cluster=gpu_1', 'model=1.3b']).cluster.name)\n"
     )
-
-    def scratch_python(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-S", *args],
-            cwd=tmp_path,
-            env=scratch_env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-
-    done = scratch_python("-c", probe)
+    done = scratch_python(path, "-c", probe, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines()[-1] == "gpu_1"
 
-    job = scratch_python("-m", "chatbaker_megatron.train", "--cfg", "job")
+    job = scratch_python(path, "-m", "chatbaker_megatron.train", "--cfg", "job", cwd=tmp_path)
     assert job.returncode == 0, job.stderr[-3000:]
     assert "hidden_size:" in job.stdout

@@ -11,10 +11,15 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 DATA_KINDS = ("pretrain", "sft")
 CACHE_MODES = ("node_local", "shared")
+# The chat templates that ship with the package (data/templates.py defines
+# them; named here so that the config is checked without importing data).
+CHAT_TEMPLATES = ("chatbaker", "vicuna_v1.1")
+TEMPLATE_SUFFIXES = (".yaml", ".yml")
 
 
 @dataclass
@@ -38,8 +43,8 @@ class SFTConfig:
 
     # Prefix written by `chatbaker preprocess --format sft`; relative to `data.root`.
     path: str = ""
-    # Chat template the set was preprocessed with (a name from
-    # chatbaker_megatron.data.templates, or a path to a template YAML file).
+    # Chat template the set was preprocessed with (one of CHAT_TEMPLATES, or
+    # a path to a template YAML file).
     # Must match the preprocessed set; generation reuses it for prompts.
     template: str = "chatbaker"
     # Pack several conversations into each sequence (cu_seqlens keeps
@@ -63,7 +68,8 @@ class DataConfig:
     # Tokenizer directory (tokenizer.json + tokenizer_config.json); relative to `root`.
     tokenizer: str = "tokenizer"
     # Build the bundled sample corpus (tokenizer + indexed datasets) into
-    # `root` first; idempotent and safe when every rank does it at once.
+    # `root` before the ranks start (`chatbaker train` or `chatbaker
+    # prepare-data` does it; idempotent). The ranks only read it.
     prepare_demo: bool = False
     # Pretraining blend.
     datasets: list[DatasetConfig] = field(default_factory=list)
@@ -97,8 +103,10 @@ def _fail(key: str, value: object, expected: str) -> None:
 def validate_data_config(cfg: Any) -> None:
     """Check a DataConfig (dataclass or OmegaConf node); raise ValueError naming the key.
 
-    File existence is checked when the datasets are built, since
-    `prepare_demo` may create them first.
+    This is the one check of the data group, done when the run config is
+    composed, before any process group starts. File existence is checked
+    when the datasets are built, since `prepare_demo` may create them first;
+    a template YAML file's contents, where the template is loaded.
     """
     if cfg.kind not in DATA_KINDS:
         _fail("kind", cfg.kind, f"one of {', '.join(DATA_KINDS)}")
@@ -135,14 +143,16 @@ def _validate_pretrain(cfg: Any) -> None:
 
 
 def _validate_sft(sft: Any) -> None:
-    from chatbaker_megatron.data.templates import load_template
-
     if not sft.path:
         _fail("sft.path", sft.path, "a preprocessed SFT prefix for kind=sft")
-    try:
-        load_template(sft.template)
-    except ValueError as err:
-        raise ValueError(f"data.sft.template={sft.template!r}: {err}") from None
+    template = Path(sft.template)
+    if sft.template not in CHAT_TEMPLATES and not (
+        template.suffix in TEMPLATE_SUFFIXES and template.is_file()
+    ):
+        raise ValueError(
+            f"data.sft.template={sft.template!r}: unknown chat template {sft.template!r}: "
+            f"expected one of {', '.join(CHAT_TEMPLATES)} or a template .yaml file"
+        )
     if not 0 <= sft.valid_fraction < 1:
         _fail("sft.valid_fraction", sft.valid_fraction, "0 <= fraction < 1")
     if sft.epochs < 1:

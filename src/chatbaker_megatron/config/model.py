@@ -31,7 +31,9 @@ class ModelConfig:
     # Number of key/value heads (GQA); null means one KV head per query head (MHA).
     num_query_groups: int | None = None
     ffn_hidden_size: int = 352
-    # Vocabulary of the tokenizer; null takes it from the tokenizer at build time.
+    # The tokenizer's vocabulary, stated for the planner (which has no tokenizer);
+    # null takes it from the tokenizer. A model is always built for its
+    # tokenizer: a stated size that differs is an error (`check_vocab_size`).
     # The embedding is padded to a multiple of make_vocab_size_divisible_by * TP.
     vocab_size: int | None = None
     make_vocab_size_divisible_by: int = 128
@@ -48,3 +50,12 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    def check_vocab_size(self, tokenizer_vocab_size: int) -> None:
+        """Refuse a stated `vocab_size` that is not the tokenizer's (the tokenizer decides)."""
+        if self.vocab_size is not None and self.vocab_size != tokenizer_vocab_size:
+            raise ValueError(
+                f"model.vocab_size={self.vocab_size} but the tokenizer has "
+                f"{tokenizer_vocab_size} tokens: set model.vocab_size={tokenizer_vocab_size}, "
+                "or null to take the tokenizer's"
+            )

@@ -23,27 +23,27 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from chatbaker_megatron.config.data import resolve_path
+from chatbaker_megatron.checkpoint.reader import MegatronCheckpoint
+from chatbaker_megatron.checkpoint.run_config import run_chat_template, run_tokenizer_dir
 from chatbaker_megatron.convert.hf_config import (
     CONFIG_FILE,
     DTYPES,
     GENERATION_CONFIG_FILE,
-    arch_of,
     generation_config_dict,
     llama_config_dict,
     write_json,
 )
-from chatbaker_megatron.convert.layout import EMBEDDING, FINAL_NORM, OUTPUT_LAYER, hf_names, to_hf
+from chatbaker_megatron.convert.layout import Arch, hf_names, to_hf
 from chatbaker_megatron.convert.model_card import (
     PROVENANCE_FILE,
     provenance_from_checkpoint,
     render_model_card,
 )
-from chatbaker_megatron.convert.reader import MegatronCheckpoint
 from chatbaker_megatron.convert.safetensors_io import ShardWriter, parse_size
 from chatbaker_megatron.convert.tokenizer_files import write_tokenizer
-from chatbaker_megatron.data.templates import ChatTemplate, Message, load_template, render_prompt
-from chatbaker_megatron.data.tokenizer import load_tokenizer
+from chatbaker_megatron.data.templates import Message, load_template, render_prompt
+from chatbaker_megatron.data.tokenizer.load import load_tokenizer
+from chatbaker_megatron.model.sharding import EMBEDDING, FINAL_NORM, OUTPUT_LAYER
 
 DEFAULT_SHARD_SIZE = "2GB"
 
@@ -54,29 +54,6 @@ class ExportResult:
     checkpoint: Path
     shards: list[str]
     total_bytes: int
-
-
-def checkpoint_tokenizer_dir(config: dict, where: str) -> Path:
-    """The tokenizer directory a run config names (data.root + data.tokenizer)."""
-    data = config.get("data") or {}
-    if not data.get("tokenizer"):
-        raise ValueError(f"{where}: the run config has no data.tokenizer; pass --tokenizer DIR")
-    path = Path(resolve_path(data.get("root") or ".", data["tokenizer"]))
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"{where}: the run's tokenizer {path} (data.root={data.get('root')!r}, "
-            f"data.tokenizer={data['tokenizer']!r}) is not there; relative paths are taken from "
-            "the current directory. Run from the training directory or pass --tokenizer DIR"
-        )
-    return path
-
-
-def checkpoint_chat_template(config: dict) -> ChatTemplate | None:
-    """The chat template an SFT run trained with; None for pretraining runs."""
-    data = config.get("data") or {}
-    if data.get("kind") != "sft":
-        return None
-    return load_template((data.get("sft") or {}).get("template") or "chatbaker")
 
 
 def _prepare_output(output: Path, overwrite: bool) -> Path:
@@ -101,12 +78,11 @@ def export_hf(
     """Write the Hugging Face folder for a checkpoint (directory, or a root with `latest`)."""
     source = MegatronCheckpoint(checkpoint)
     config = source.config
-    tok_dir = (
-        Path(tokenizer_dir) if tokenizer_dir else checkpoint_tokenizer_dir(config, str(source.path))
-    )
+    tok_dir = Path(tokenizer_dir) if tokenizer_dir else run_tokenizer_dir(config, str(source.path))
     tokenizer = load_tokenizer(tok_dir)
-    arch = arch_of(source.model, tokenizer.vocab_size)
-    template = checkpoint_chat_template(config)
+    arch = Arch(source.model, tokenizer.vocab_size)
+    template_name = run_chat_template(config)
+    template = load_template(template_name) if template_name else None
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"--dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
     target_dtype = DTYPES[dtype] if dtype else source.dtype()

@@ -12,11 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 from chatbaker_megatron.config.model import ModelConfig
-from chatbaker_megatron.convert.layout import Arch
-from chatbaker_megatron.data.tokenizer import ChatBakerTokenizer
+from chatbaker_megatron.data.tokenizer.load import ChatBakerTokenizer
 
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
@@ -47,27 +45,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def dtype_name(dtype: torch.dtype) -> str:
     return next(name for name, value in DTYPES.items() if value == dtype)
-
-
-def model_config_from_dict(model: dict[str, Any], where: str) -> ModelConfig:
-    """The `model` section of a run config as a ModelConfig (unknown keys are an error)."""
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), model)
-    except Exception as err:
-        raise ValueError(f"{where}: the model config does not fit ModelConfig: {err}") from None
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
-
-
-def arch_of(model: ModelConfig, vocab_size: int) -> Arch:
-    return Arch(
-        num_layers=model.num_layers,
-        hidden_size=model.hidden_size,
-        num_heads=model.num_attention_heads,
-        num_kv_heads=model.kv_heads,
-        head_dim=model.head_dim,
-        ffn_hidden_size=model.ffn_hidden_size,
-        vocab_size=vocab_size,
-    )
 
 
 def llama_config_dict(

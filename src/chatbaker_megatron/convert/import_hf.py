@@ -1,7 +1,7 @@
 """`chatbaker import-hf`: a Hugging Face LLaMA folder -> a training checkpoint at a chosen TP/PP.
 
 Output (a checkpoints directory, usable as `train.init_from`):
-    iter_0000000/                the model, in training/checkpoint.py's format
+    iter_0000000/                the model, in checkpoint/'s format (weights only)
     latest                       names iter_0000000
     tokenizer/                   the HF folder's tokenizer files
     chatbaker_template.yaml      the chat template, when the HF folder ships one
@@ -9,9 +9,9 @@ Output (a checkpoints directory, usable as `train.init_from`):
 How: the import runs on tp * pp ranks, each building its own model chunks
 at the requested layout and copying in its slices of the HF tensors (read
 one tensor at a time), then all ranks write the checkpoint together with
-megatron's dist_checkpointing, exactly as a training run of that layout
-saves it. Memory per rank is its share of the model plus one full tensor.
-`chatbaker import-hf --tp 2 --pp 2` starts those ranks itself with torchrun
+checkpoint/'s weights-only writer, through the same atomic write as a
+training run of that layout. Memory per rank is its share of the model plus
+one full tensor. `chatbaker import-hf --tp 2 --pp 2` starts those ranks itself with torchrun
 (one process needs no launcher). The layout matters beyond memory because
 the vocabulary is padded to a multiple of 128 * TP: import at the TP the
 checkpoint will be trained at.
@@ -37,12 +37,13 @@ from tqdm import tqdm
 
 from chatbaker_megatron.config.data import DataConfig, SFTConfig
 from chatbaker_megatron.config.parallel import ParallelConfig
-from chatbaker_megatron.convert.hf_config import HFModelSpec, arch_of, model_config_from_hf
+from chatbaker_megatron.convert.hf_config import HFModelSpec, model_config_from_hf
 from chatbaker_megatron.convert.layout import HF_EMBEDDING, HF_OUTPUT_LAYER, Arch, from_hf
 from chatbaker_megatron.convert.model_card import PROVENANCE_FILE, PROVENANCE_FORMAT
 from chatbaker_megatron.convert.safetensors_io import HFWeights
-from chatbaker_megatron.convert.tokenizer_files import TEMPLATE_FILE, write_tokenizer
-from chatbaker_megatron.data.tokenizer import load_tokenizer
+from chatbaker_megatron.convert.tokenizer_files import write_tokenizer
+from chatbaker_megatron.data.templates import TEMPLATE_FILE
+from chatbaker_megatron.data.tokenizer.load import load_tokenizer
 
 TOKENIZER_DIR = "tokenizer"
 
@@ -151,13 +152,11 @@ def import_hf(
     Returns the checkpoint directory (output/iter_0000000).
     """
     import torch.distributed as dist
-    from megatron.core import dist_checkpointing
 
     from chatbaker_megatron import parallel
-    from chatbaker_megatron.convert.world import ensure_process_group
+    from chatbaker_megatron.checkpoint.save import save_weights
     from chatbaker_megatron.model.llama import build_model, padded_vocab_size
     from chatbaker_megatron.model.sharding import load_full_state, named_global_parameters
-    from chatbaker_megatron.training.checkpoint import LATEST, TrainState, iteration_dir
 
     hf_dir, output = Path(hf_dir).expanduser(), Path(output).expanduser().absolute()
     weights = HFWeights(hf_dir)
@@ -175,7 +174,7 @@ def import_hf(
     _check_layout(spec, tp, pp, hf_dir)
 
     if "WORLD_SIZE" not in os.environ:
-        ensure_process_group()
+        parallel.ensure_process_group()
     parallel_cfg = ParallelConfig(tp=tp, pp=pp)
     ctx = parallel.initialize(parallel_cfg, seed=0)
     rank0 = ctx.rank == 0
@@ -185,7 +184,7 @@ def import_hf(
         vocab_size=tokenizer.vocab_size,
         max_sequence_length=spec.model.max_position_embeddings,
     )
-    arch = arch_of(spec.model, tokenizer.vocab_size)
+    arch = Arch(spec.model, tokenizer.vocab_size)
     rows = padded_vocab_size(tokenizer.vocab_size, spec.model.make_vocab_size_divisible_by, tp)
     total = sum(1 for _ in named_global_parameters(chunks))
     with tqdm(
@@ -193,33 +192,13 @@ def import_hf(
     ) as bar:
         load_full_state(chunks, _HFState(weights, spec, arch, rows, bar))
 
-    final = Path(iteration_dir(str(output), 0))
-    tmp = final.with_name(final.name + ".tmp")
     if rank0:
         _write_side_files(hf_dir, output)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    dist.barrier()
-    # The bare GPTModels' keys, as training/checkpoint.py saves them (the
-    # tests load this checkpoint through training's own load_checkpoint).
-    state: dict[str, Any] = {
-        f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(chunks)
-    }
-    state["config"] = _run_config(provenance, spec, output, tp, pp)
-    state["train_state"] = asdict(TrainState())
-    state["topology"] = {"tp": tp, "pp": pp, "dp": ctx.dp, "vpp": 1}
-    state["provenance"] = provenance
-    dist_checkpointing.save(state, str(tmp))
-    dist.barrier()
-    if rank0:
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        marker = output / f".{LATEST}.tmp"
-        marker.write_text(final.name + "\n", encoding="utf-8")
-        os.replace(marker, output / LATEST)
-    dist.barrier()
+    dist.barrier()  # the run config names the template file rank 0 just copied
+    config = _run_config(provenance, spec, output, tp, pp)
+    final = save_weights(str(output), chunks, config, {"provenance": provenance})
     parallel.destroy_model_parallel()
-    return final
+    return Path(final)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,6 @@
 """Tensor layouts of one LLaMA model in megatron-core and in Hugging Face `LlamaForCausalLM`.
 
-Pure tensor code (no megatron, no transformers): names and reshapes only.
+Tensor code only (no model is built, no transformers): names and reshapes.
 Megatron names are global and unsharded, as `model/sharding.py` defines them
 (`decoder.layers.3.self_attention.linear_qkv.weight`, TP=1 shapes).
 
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
-EMBEDDING = "embedding.word_embeddings.weight"
-FINAL_NORM = "decoder.final_layernorm.weight"
-OUTPUT_LAYER = "output_layer.weight"
+from chatbaker_megatron.config.model import ModelConfig
+from chatbaker_megatron.model.sharding import EMBEDDING, FINAL_NORM, OUTPUT_LAYER
+
 QKV = "self_attention.linear_qkv.weight"
 FC1 = "mlp.linear_fc1.weight"
 
@@ -56,26 +56,22 @@ _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 
 @dataclass(frozen=True)
 class Arch:
-    """The shapes that decide how tensors are split and merged."""
+    """What decides how tensors are split and merged: the model and its tokenizer's vocabulary."""
 
-    num_layers: int
-    hidden_size: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    ffn_hidden_size: int
+    model: ModelConfig
     vocab_size: int  # the tokenizer's, without padding
 
     def __post_init__(self) -> None:
-        if self.num_heads % self.num_kv_heads:
+        heads, kv_heads = self.model.num_attention_heads, self.model.kv_heads
+        if heads % kv_heads:
             raise ValueError(
-                f"{self.num_heads} attention heads are not divisible by "
-                f"{self.num_kv_heads} key/value heads"
+                f"{heads} attention heads are not divisible by {kv_heads} key/value heads"
             )
+        self.model.check_vocab_size(self.vocab_size)
 
     @property
     def queries_per_group(self) -> int:
-        return self.num_heads // self.num_kv_heads
+        return self.model.num_attention_heads // self.model.kv_heads
 
 
 class LayoutError(ValueError):
@@ -84,14 +80,15 @@ class LayoutError(ValueError):
 
 def split_qkv(weight: torch.Tensor, arch: Arch) -> tuple[torch.Tensor, ...]:
     """Megatron's fused QKV [groups * (q + 2) * d, h] -> (q [heads*d, h], k, v [kv*d, h])."""
-    groups, q, d = arch.num_kv_heads, arch.queries_per_group, arch.head_dim
-    expected = (groups * (q + 2) * d, arch.hidden_size)
+    groups, q, d = arch.model.kv_heads, arch.queries_per_group, arch.model.head_dim
+    h = arch.model.hidden_size
+    expected = (groups * (q + 2) * d, h)
     if tuple(weight.shape) != expected:
         raise LayoutError(f"fused QKV weight has shape {tuple(weight.shape)}, expected {expected}")
-    grouped = weight.reshape(groups, q + 2, d, arch.hidden_size)
-    query = grouped[:, :q].reshape(groups * q * d, arch.hidden_size)
-    key = grouped[:, q].reshape(groups * d, arch.hidden_size)
-    value = grouped[:, q + 1].reshape(groups * d, arch.hidden_size)
+    grouped = weight.reshape(groups, q + 2, d, h)
+    query = grouped[:, :q].reshape(groups * q * d, h)
+    key = grouped[:, q].reshape(groups * d, h)
+    value = grouped[:, q + 1].reshape(groups * d, h)
     return query.contiguous(), key.contiguous(), value.contiguous()
 
 
@@ -99,7 +96,8 @@ def merge_qkv(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, arch: Arch
 ) -> torch.Tensor:
     """The inverse of split_qkv."""
-    groups, q, d, h = arch.num_kv_heads, arch.queries_per_group, arch.head_dim, arch.hidden_size
+    groups, q, d = arch.model.kv_heads, arch.queries_per_group, arch.model.head_dim
+    h = arch.model.hidden_size
     for name, tensor, rows in (
         ("q", query, groups * q * d),
         ("k", key, groups * d),
@@ -122,7 +120,7 @@ def merge_qkv(
 
 def split_fc1(weight: torch.Tensor, arch: Arch) -> tuple[torch.Tensor, torch.Tensor]:
     """SwiGLU [gate; up] -> (gate, up)."""
-    expected = (2 * arch.ffn_hidden_size, arch.hidden_size)
+    expected = (2 * arch.model.ffn_hidden_size, arch.model.hidden_size)
     if tuple(weight.shape) != expected:
         raise LayoutError(f"fc1 weight has shape {tuple(weight.shape)}, expected {expected}")
     gate, up = weight.chunk(2, dim=0)
@@ -207,5 +205,5 @@ def hf_names(arch: Arch) -> list[str]:
         *FC1_PARTS,
         "mlp.down_proj.weight",
     ]
-    layers = [hf_layer_name(i, s) for i in range(arch.num_layers) for s in per_layer]
+    layers = [hf_layer_name(i, s) for i in range(arch.model.num_layers) for s in per_layer]
     return [HF_EMBEDDING, *layers, HF_FINAL_NORM, HF_OUTPUT_LAYER]

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
-import yaml
+from chatbaker_megatron.data.templates import (
+    TEMPLATE_FILE,
+    ChatTemplate,
+    chat_template_jinja,
+    write_template,
+)
+from chatbaker_megatron.data.tokenizer.load import CONFIG_FILE, TOKENIZER_FILE
 
-from chatbaker_megatron.data.templates import ChatTemplate, chat_template_jinja, load_template
-from chatbaker_megatron.data.tokenizer import CONFIG_FILE, TOKENIZER_FILE
-
-TEMPLATE_FILE = "chatbaker_template.yaml"
 JINJA_FILE = "chat_template.jinja"
 # Copied byte for byte when present; tokenizer_config.json is rewritten.
 VERBATIM_FILES = (TOKENIZER_FILE, "special_tokens_map.json", "added_tokens.json")
@@ -46,15 +47,3 @@ def write_tokenizer(src: Path, dst: Path, template: ChatTemplate | None) -> None
     )
     if jinja is not None:
         (dst / JINJA_FILE).write_text(jinja, encoding="utf-8")
-
-
-def write_template(path: Path, template: ChatTemplate) -> None:
-    path.write_text(
-        yaml.safe_dump(asdict(template), allow_unicode=True, sort_keys=False), encoding="utf-8"
-    )
-
-
-def read_template(directory: Path) -> ChatTemplate | None:
-    """The chat template a model folder ships, if any."""
-    path = directory / TEMPLATE_FILE
-    return load_template(str(path)) if path.is_file() else None

@@ -1,8 +1,12 @@
-"""Data: tokenizer, preprocessing, pretraining blend, SFT conversations (see docs/data.md).
+"""Data, by job (see docs/data.md):
 
-Entry points: tokenizer.load_tokenizer, prepare.prepare_data / prepare_demo_data,
-pretrain.build_pretrain_datasets, sft.build_sft_datasets, templates.render_prompt;
-the `chatbaker tokenizer train` and `chatbaker preprocess` verbs live in
-tokenizer_cli and preprocess. Nothing is imported here, so that importing one
-light module (e.g. the preprocessing workers') does not pull in megatron.
+- tokenizer/: train the byte-level BPE tokenizer, load it, measure fertility;
+- preprocess/: raw text and conversations -> megatron indexed datasets;
+- datasets/: what training reads: the pretraining blend, SFT packing, the index cache;
+- demo/: the bundled sample corpus and its preparation (before any rank starts);
+- corpus.py: reading raw .jsonl/.txt inputs (tokenizer training and preprocessing);
+- templates.py: chat templates (tokenizer files, SFT tokenisation, serving prompts).
+
+Nothing is imported here, so that importing one light module (e.g. the
+preprocessing workers') does not pull in megatron.
 """

@@ -11,21 +11,25 @@ Placeholders: {system}, {content}, {bos}, {eos} (the tokenizer's token texts).
 `assistant_format` is what the model learns to generate: the loss is taken
 on exactly the characters it renders (the reply and the closing eos).
 `assistant_prefix` must end in a non-space character so that tokenising the
-prompt alone gives a prefix of the training tokens (sft_tokenize checks the
-token boundaries on every conversation).
+prompt alone gives a prefix of the training tokens (preprocess/sft_tokenize
+checks the token boundaries on every conversation).
 
-The shipped templates live in TEMPLATES; a YAML file with the same six keys
-(name + the five strings) loads through load_template(path) as well.
+The shipped templates live in TEMPLATES (config/data.py's CHAT_TEMPLATES
+names them, so that the run config is checked without importing this
+package); a YAML file with the same six keys (name + the five strings) loads
+through load_template(path) as well.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import yaml
+
+from chatbaker_megatron.config.data import TEMPLATE_SUFFIXES
 
 ROLES = ("system", "user", "assistant")
 _PLACEHOLDER = re.compile(r"\{(system|content|bos|eos)\}")
@@ -108,7 +112,7 @@ def load_template(name_or_path: str) -> ChatTemplate:
     if name_or_path in TEMPLATES:
         return TEMPLATES[name_or_path]
     path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+    if path.suffix not in TEMPLATE_SUFFIXES or not path.is_file():
         raise ValueError(
             f"unknown chat template {name_or_path!r}: expected one of "
             f"{', '.join(TEMPLATES)} or a template .yaml file"
@@ -118,6 +122,22 @@ def load_template(name_or_path: str) -> ChatTemplate:
     if not isinstance(data, dict) or set(data) != keys:
         raise ValueError(f"{path}: expected exactly the keys {', '.join(sorted(keys))}")
     return ChatTemplate(**data)
+
+
+# The template as data in a model folder (an HF export, an imported checkpoint).
+TEMPLATE_FILE = "chatbaker_template.yaml"
+
+
+def write_template(path: Path, template: ChatTemplate) -> None:
+    path.write_text(
+        yaml.safe_dump(asdict(template), allow_unicode=True, sort_keys=False), encoding="utf-8"
+    )
+
+
+def read_template(directory: Path) -> ChatTemplate | None:
+    """The chat template a model folder ships, if any."""
+    path = directory / TEMPLATE_FILE
+    return load_template(str(path)) if path.is_file() else None
 
 
 def _fill(fmt: str, values: dict[str, str]) -> str:

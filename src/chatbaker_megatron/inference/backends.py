@@ -14,14 +14,13 @@ aligns the causal mask to the end (model/dispatch.py).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from chatbaker_megatron.data.templates import ChatTemplate
-from chatbaker_megatron.data.tokenizer import ChatBakerTokenizer, load_tokenizer
+from chatbaker_megatron.data.templates import ChatTemplate, load_template, read_template
+from chatbaker_megatron.data.tokenizer.load import ChatBakerTokenizer, load_tokenizer
 
 
 class Backend(Protocol):
@@ -73,7 +72,6 @@ class HFBackend:
         from transformers import LlamaForCausalLM
 
         from chatbaker_megatron import platform
-        from chatbaker_megatron.convert.tokenizer_files import read_template
 
         hf_dir = Path(hf_dir).expanduser()
         if not (hf_dir / "config.json").is_file():
@@ -119,43 +117,19 @@ def load_megatron_backend(
     `dtype` defaults to the platform's inference dtype (bf16 on GPU, fp32 on CPU).
     """
     from chatbaker_megatron import platform
-    from chatbaker_megatron.config.parallel import ParallelConfig
-    from chatbaker_megatron.convert.export_hf import (
-        checkpoint_chat_template,
-        checkpoint_tokenizer_dir,
-    )
-    from chatbaker_megatron.convert.layout import EMBEDDING, OUTPUT_LAYER, resize_vocab
-    from chatbaker_megatron.convert.reader import MegatronCheckpoint
-    from chatbaker_megatron.convert.world import single_process_model_parallel
+    from chatbaker_megatron.checkpoint.reader import MegatronCheckpoint
+    from chatbaker_megatron.checkpoint.run_config import run_chat_template, run_tokenizer_dir
+    from chatbaker_megatron.checkpoint.tp1_model import load_tp1_model
     from chatbaker_megatron.model.dispatch import kv_cache_kernels
-    from chatbaker_megatron.model.llama import build_model, padded_vocab_size
-    from chatbaker_megatron.model.sharding import load_full_state
 
-    single_process_model_parallel()
-    plat = platform.detect()
-    dtype = dtype or plat.inference_dtype
+    dtype = dtype or platform.detect().inference_dtype
     source = MegatronCheckpoint(checkpoint)
     tok_dir = (
-        Path(tokenizer_dir)
-        if tokenizer_dir
-        else checkpoint_tokenizer_dir(source.config, str(source.path))
+        Path(tokenizer_dir) if tokenizer_dir else run_tokenizer_dir(source.config, str(source.path))
     )
     tokenizer = load_tokenizer(tok_dir)
     # Kernels are the serving machine's choice, whatever the training machine had.
-    model_cfg = replace(source.model, kernels=kv_cache_kernels(dtype))
-    max_length = model_cfg.max_position_embeddings
-    (model,) = build_model(
-        model_cfg,
-        ParallelConfig(),
-        vocab_size=tokenizer.vocab_size,
-        max_sequence_length=max_length,
-        params_dtype=dtype,
-    )
-    state = source.full_state()
-    # The checkpoint's vocabulary padding follows the TP it was trained at.
-    rows = padded_vocab_size(tokenizer.vocab_size, model_cfg.make_vocab_size_divisible_by, 1)
-    for name in (EMBEDDING, OUTPUT_LAYER):
-        state[name] = resize_vocab(state[name], rows, tokenizer.vocab_size)
-    load_full_state([model], state)
-    plat.to_device(model)
-    return MegatronBackend(model, tokenizer, max_length, checkpoint_chat_template(source.config))
+    model = load_tp1_model(source, tokenizer.vocab_size, dtype, kv_cache_kernels(dtype))
+    template_name = run_chat_template(source.config)
+    template = load_template(template_name) if template_name else None
+    return MegatronBackend(model, tokenizer, source.model.max_position_embeddings, template)

@@ -1,6 +1,6 @@
 """`chatbaker chat`: an interactive multi-turn chat REPL on stdin/stdout, replies streamed.
 
-Prompts are rendered by data/sft_tokenize.encode_prompt with the chat
+Prompts are rendered by data/preprocess/sft_tokenize.encode_prompt with the chat
 template the model was fine-tuned with (the run config of a checkpoint, or
 the `chatbaker_template.yaml` an export ships), the same code that built the
 SFT training sequences, so serving shows the model exactly the text shape it
@@ -14,9 +14,9 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from chatbaker_megatron.data.sft_tokenize import encode_prompt
+from chatbaker_megatron.data.preprocess.sft_tokenize import encode_prompt
 from chatbaker_megatron.data.templates import ChatTemplate, Message, load_template
-from chatbaker_megatron.data.tokenizer import ChatBakerTokenizer
+from chatbaker_megatron.data.tokenizer.load import ChatBakerTokenizer
 from chatbaker_megatron.inference.filters import InputFilter, load_filter
 from chatbaker_megatron.inference.generator import Generation, Generator
 from chatbaker_megatron.inference.options import (

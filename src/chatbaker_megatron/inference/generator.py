@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from chatbaker_megatron.data.tokenizer import ChatBakerTokenizer
+from chatbaker_megatron.data.tokenizer.load import ChatBakerTokenizer
 from chatbaker_megatron.inference.backends import Backend
 from chatbaker_megatron.inference.sampling import SamplingConfig, next_token
 

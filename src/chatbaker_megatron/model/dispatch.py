@@ -1,8 +1,10 @@
-"""Kernel dispatch: the one place that decides which implementation runs each fused op.
+"""Kernel dispatch: the registry of which implementation runs each fused op.
 
-The model's spec asks this module for the RMSNorm and core-attention builders
-of a named backend (config `model.kernels.norm` / `model.kernels.attention`).
-`auto` resolves to the most preferred available backend, in the order
+`resolve_kernels` turns the config (`model.kernels.norm` /
+`model.kernels.attention`) into concrete backend names; `norm_fn` /
+`attention_fn` hand out a backend's function. The layer spec that uses them
+is model/spec.py. `auto` resolves to the most preferred available backend,
+in the order
 
     te -> flash (attention) -> apex (norm) -> cuda (norm) -> triton -> torch
 
@@ -12,10 +14,9 @@ unknown for the op or not available here raises `KernelBackendError` at
 startup with what it needs; there is no silent fallback.
 
 Functional contracts (every backend except `te` implements exactly these;
-`te` runs as megatron's own Transformer Engine modules, see `norm_spec`):
+`te` runs as megatron's own Transformer Engine modules, see model/spec.py):
 
 - norm:      fn(x[..., H], weight[H], eps) -> y[..., H]  (dtype of x)
-- add_norm:  fn(x, residual, weight, eps) -> (norm(x + residual), x + residual)
 - attention: fn(q, k, v, *, softmax_scale, cu_seqlens=None, max_seqlen=None) -> out
     dense:  q [b, s, hq, d], k/v [b, s, hkv, d], causal
     varlen: q [t, hq, d], k/v [t, hkv, d], cu_seqlens int32 [n+1] with
@@ -35,7 +36,6 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -47,9 +47,6 @@ from chatbaker_megatron.config.model import KernelsConfig
 log = logging.getLogger(__name__)
 
 NormFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
-AddNormFn = Callable[
-    [torch.Tensor, torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]
-]
 AttentionFn = Callable[..., torch.Tensor]
 
 
@@ -111,47 +108,30 @@ def torch_attention(
     return out.squeeze(0).transpose(0, 1)
 
 
-class NormOps(NamedTuple):
-    norm: NormFn
-    add_norm: AddNormFn
-
-
-def _add_then_norm(norm: NormFn) -> AddNormFn:
-    """add_norm for a backend whose kernel has no fused residual add (torch, apex)."""
-
-    def add_norm(
-        x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        h = x + residual
-        return norm(h, weight, eps), h
-
-    return add_norm
-
-
 # ---- loaders: import a backend's library the first time its op is asked for ----
 
 
 @functools.cache
-def _torch_norm_ops() -> NormOps:
-    return NormOps(torch_rms_norm, _add_then_norm(torch_rms_norm))
+def _torch_norm() -> NormFn:
+    return torch_rms_norm
 
 
 @functools.cache
-def _triton_norm_ops() -> NormOps:
-    from chatbaker_kernels import triton_rmsnorm
+def _triton_norm() -> NormFn:
+    from chatbaker_kernels.triton_rmsnorm import rms_norm
 
-    return NormOps(triton_rmsnorm.rms_norm, triton_rmsnorm.add_rms_norm)
-
-
-@functools.cache
-def _cuda_norm_ops() -> NormOps:
-    from chatbaker_kernels import cuda_rmsnorm
-
-    return NormOps(cuda_rmsnorm.rms_norm, cuda_rmsnorm.add_rms_norm)
+    return rms_norm
 
 
 @functools.cache
-def _apex_norm_ops() -> NormOps:
+def _cuda_norm() -> NormFn:
+    from chatbaker_kernels.cuda_rmsnorm import rms_norm
+
+    return rms_norm
+
+
+@functools.cache
+def _apex_norm() -> NormFn:
     from apex.normalization.fused_layer_norm import (
         fused_rms_norm_affine,
         mixed_dtype_fused_rms_norm_affine,
@@ -163,7 +143,7 @@ def _apex_norm_ops() -> NormOps:
         # apex's mixed-dtype kernel returns the weight's dtype; the contract is x's.
         return mixed_dtype_fused_rms_norm_affine(x, weight, weight.shape, eps).to(x.dtype)
 
-    return NormOps(apex_rms_norm, _add_then_norm(apex_rms_norm))
+    return apex_rms_norm
 
 
 @functools.cache
@@ -233,8 +213,8 @@ class Backend:
 
     available: Callable[[], bool]
     requires: str  # what `available` checks, for the error message
-    # The functional op(s); None for `te`, which runs as megatron's TE modules.
-    load: Callable[[], object] | None
+    # The functional op; None for `te`, which runs as megatron's TE modules.
+    load: Callable[[], Callable[..., torch.Tensor]] | None
 
 
 _TE = Backend(
@@ -252,15 +232,15 @@ NORM_BACKENDS: dict[str, Backend] = {
     "apex": Backend(
         lambda: _cuda() and _installed("apex") and _installed("fused_layer_norm_cuda"),
         "CUDA and apex built with its CUDA extensions (fused_layer_norm_cuda)",
-        _apex_norm_ops,
+        _apex_norm,
     ),
     "cuda": Backend(
         lambda: _cuda() and _cuda_extension_built(),
         "CUDA and the chatbaker_kernels._cuda_rmsnorm extension (built by setup.py on a CUDA machine)",
-        _cuda_norm_ops,
+        _cuda_norm,
     ),
-    "triton": Backend(_triton_runs_here, _TRITON_NEEDS, _triton_norm_ops),
-    "torch": Backend(lambda: True, "nothing", _torch_norm_ops),
+    "triton": Backend(_triton_runs_here, _TRITON_NEEDS, _triton_norm),
+    "torch": Backend(lambda: True, "nothing", _torch_norm),
 }
 ATTENTION_BACKENDS: dict[str, Backend] = {
     "te": _TE,
@@ -272,6 +252,7 @@ ATTENTION_BACKENDS: dict[str, Backend] = {
     "triton": Backend(_triton_runs_here, _TRITON_NEEDS, _triton_attention),
     "torch": Backend(lambda: True, "nothing", _torch_attention),
 }
+_TABLES = {"norm": NORM_BACKENDS, "attention": ATTENTION_BACKENDS}
 
 
 @dataclass(frozen=True)
@@ -280,7 +261,8 @@ class ResolvedKernels:
     norm: str
 
 
-def _backend(op: str, name: str, table: dict[str, Backend]) -> Backend:
+def _backend(op: str, name: str) -> Backend:
+    table = _TABLES[op]
     if name not in table:
         raise KernelBackendError(
             f"model.kernels.{op}={name!r}: no such {op} backend; expected auto or one of {list(table)}"
@@ -288,12 +270,12 @@ def _backend(op: str, name: str, table: dict[str, Backend]) -> Backend:
     return table[name]
 
 
-def _resolve(op: str, requested: str, table: dict[str, Backend]) -> str:
+def _resolve(op: str, requested: str) -> str:
     if requested == "auto":
         if not _cuda():
             return "torch"
-        return next(name for name, backend in table.items() if backend.available())
-    backend = _backend(op, requested, table)
+        return next(name for name, backend in _TABLES[op].items() if backend.available())
+    backend = _backend(op, requested)
     if not backend.available():
         raise KernelBackendError(
             f"model.kernels.{op}={requested!r} is not available on this machine: "
@@ -305,8 +287,8 @@ def _resolve(op: str, requested: str, table: dict[str, Backend]) -> str:
 def resolve_kernels(cfg: KernelsConfig) -> ResolvedKernels:
     """Validate the configured backends and pick concrete ones for `auto`."""
     resolved = ResolvedKernels(
-        attention=_resolve("attention", cfg.attention, ATTENTION_BACKENDS),
-        norm=_resolve("norm", cfg.norm, NORM_BACKENDS),
+        attention=_resolve("attention", cfg.attention),
+        norm=_resolve("norm", cfg.norm),
     )
     log.info(
         "kernels: attention=%s (configured %s), norm=%s (configured %s)",
@@ -315,12 +297,17 @@ def resolve_kernels(cfg: KernelsConfig) -> ResolvedKernels:
     return resolved
 
 
-def _load(op: str, backend: str, table: dict[str, Backend]) -> object:
-    entry = _backend(op, backend, table)
+def check_backend(op: str, backend: str) -> None:
+    """Raise KernelBackendError unless `backend` is a known `op` ("norm" or "attention") backend."""
+    _backend(op, backend)
+
+
+def _load(op: str, backend: str) -> Callable[..., torch.Tensor]:
+    entry = _backend(op, backend)
     if entry.load is None:
         raise KernelBackendError(
             f"the {backend!r} {op} backend runs as megatron's Transformer Engine module, "
-            f"not as a function: build the layer from {op}_spec({backend!r})"
+            "not as a function: build the layer from model/spec.py"
         )
     return entry.load()
 
@@ -340,36 +327,8 @@ def kv_cache_kernels(dtype: torch.dtype) -> KernelsConfig:
 
 
 def norm_fn(backend: str) -> NormFn:
-    return _load("norm", backend, NORM_BACKENDS).norm
-
-
-def add_norm_fn(backend: str) -> AddNormFn:
-    return _load("norm", backend, NORM_BACKENDS).add_norm
+    return _load("norm", backend)
 
 
 def attention_fn(backend: str) -> AttentionFn:
-    return _load("attention", backend, ATTENTION_BACKENDS)
-
-
-def norm_spec(backend: str) -> Callable[..., torch.nn.Module]:
-    """The norm builder for the layer spec (megatron calls it with config, hidden_size, eps)."""
-    _backend("norm", backend, NORM_BACKENDS)
-    if backend == "te":
-        from megatron.core.extensions.transformer_engine import TENorm
-
-        return TENorm
-    from chatbaker_megatron.model.layers import RMSNorm
-
-    return functools.partial(RMSNorm, backend=backend)
-
-
-def core_attention_spec(backend: str) -> Callable[..., torch.nn.Module]:
-    """The core-attention builder for the layer spec (megatron's DotProductAttention contract)."""
-    _backend("attention", backend, ATTENTION_BACKENDS)
-    if backend == "te":
-        from megatron.core.extensions.transformer_engine import TEDotProductAttention
-
-        return TEDotProductAttention
-    from chatbaker_megatron.model.layers import CoreAttention
-
-    return functools.partial(CoreAttention, backend=backend)
+    return _load("attention", backend)

@@ -30,7 +30,12 @@ def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
 def transformer_config(
     model: ModelConfig, parallel: ParallelConfig, *, params_dtype: torch.dtype = torch.float32
 ) -> TransformerConfig:
-    """megatron-core's TransformerConfig for a LLaMA layer stack under `parallel`."""
+    """megatron-core's TransformerConfig for a LLaMA layer stack under `parallel`.
+
+    `params_dtype` is the one place the model's dtype is decided: weights are
+    stored in it, activations cross pipeline stages in it, and megatron's
+    bf16/fp16 flags (Float16Module, the mixed-precision optimizer) follow it.
+    """
     recompute = {
         "none": {},
         "selective": {"recompute_granularity": "selective", "recompute_modules": ["core_attn"]},
@@ -91,9 +96,11 @@ def build_model(
 ) -> list[GPTModel]:
     """This rank's model chunks (one per virtual pipeline stage; one without VPP).
 
-    `vocab_size` is the tokenizer's; the embedding is padded per ModelConfig.
-    Needs megatron's parallel_state initialised (see chatbaker_megatron.parallel).
+    `vocab_size` is the tokenizer's (`model.vocab_size`, when set, must agree);
+    the embedding is padded per ModelConfig. Needs megatron's parallel_state
+    initialised (see chatbaker_megatron.parallel).
     """
+    model.check_vocab_size(vocab_size)
     kernels = kernels or dispatch.resolve_kernels(model.kernels)
     config = transformer_config(model, parallel, params_dtype=params_dtype)
     padded = padded_vocab_size(vocab_size, model.make_vocab_size_divisible_by, parallel.tp)

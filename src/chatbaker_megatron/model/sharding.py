@@ -25,6 +25,11 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+# The global names of the tensors outside the decoder layers.
+EMBEDDING = "embedding.word_embeddings.weight"
+FINAL_NORM = "decoder.final_layernorm.weight"
+OUTPUT_LAYER = "output_layer.weight"
+
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
 GLU_WEIGHT_SUFFIX = "mlp.linear_fc1.weight"
 

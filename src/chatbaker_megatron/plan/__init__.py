@@ -8,6 +8,6 @@ steptime.py    seconds per step: compute, TP, pipeline p2p and bubble, DP, optim
 candidates.py  enumerate the valid layouts of a run and rank them
 report.py      the ranked table and its reasons, or JSON
 cli.py         the `chatbaker plan` verb
-measure.py     counters for saved tensors, collectives and the pipeline schedule
-validate.py    measured-vs-predicted cases on the real model (tests, benchmarks)
+
+Its checks against the real model (counters and cases) live in tests/support/.
 """

@@ -1,8 +1,8 @@
 """Communication volume of one training step on one GPU, by process group and collective.
 
 Bytes are those of the full tensor a call moves (an all-gather's output, a
-reduce-scatter's input), exactly as plan/measure.py counts real calls; the
-time model applies the ring cost to them (plan/steptime.py).
+reduce-scatter's input), exactly as tests/support/counters.py counts real
+calls; the time model applies the ring cost to them (plan/steptime.py).
 
 Tensor parallel (Korthikanti et al. 2022, section 4.2.2), x = one activation
 tensor [s, b, h] in the training dtype, per layer and micro-batch:

@@ -26,6 +26,7 @@ from chatbaker_megatron.platform.device import (
     HOST,
     Platform,
     detect,
+    local_gpu_count,
     megatron_config_overrides,
 )
 
@@ -52,6 +53,7 @@ __all__ = [
     "apply_megatron_cpu_compat",
     "check_megatron_version",
     "detect",
+    "local_gpu_count",
     "megatron_config_overrides",
     "prepare_megatron",
 ]

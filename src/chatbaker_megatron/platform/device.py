@@ -122,6 +122,11 @@ class Platform:
         return psutil.Process().memory_info().rss / 2**30
 
 
+def local_gpu_count() -> int:
+    """GPUs visible to this process (0 without CUDA): how many ranks a node launches."""
+    return torch.cuda.device_count()
+
+
 def detect() -> Platform:
     """CUDA + NCCL on the process's local GPU when CUDA is available, else CPU + gloo.
 

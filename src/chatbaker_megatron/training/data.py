@@ -1,15 +1,22 @@
-"""The datasets a run trains and validates on, sized for its iteration budget."""
+"""The datasets a run trains and validates on, sized for its iteration budget.
+
+Ranks only read: the tokenizer and datasets exist before training starts
+(written by `chatbaker tokenizer train` and `chatbaker preprocess`, or, for
+the bundled demo corpus, by `chatbaker train` / `chatbaker prepare-data`
+before torchrun starts).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from chatbaker_megatron.config.data import resolve_path
 from chatbaker_megatron.config.schema import RunConfig
-from chatbaker_megatron.data.prepare import prepare_data
-from chatbaker_megatron.data.pretrain import build_pretrain_datasets
-from chatbaker_megatron.data.sft import build_sft_datasets
-from chatbaker_megatron.data.tokenizer import ChatBakerTokenizer
+from chatbaker_megatron.data.datasets.pretrain import build_pretrain_datasets
+from chatbaker_megatron.data.datasets.sft import build_sft_datasets
+from chatbaker_megatron.data.demo.prepare import require_demo_data
+from chatbaker_megatron.data.tokenizer.load import ChatBakerTokenizer, load_tokenizer
 
 
 @dataclass
@@ -25,7 +32,9 @@ def build_training_data(cfg: RunConfig, *, total_iters: int) -> TrainingData:
     Pretraining datasets are built for exactly the samples the run consumes
     (megatron's sample index), validation for every scheduled evaluation.
     """
-    tokenizer = prepare_data(cfg.data)
+    if cfg.data.prepare_demo:
+        require_demo_data(cfg.data.root)
+    tokenizer = load_tokenizer(resolve_path(cfg.data.root, cfg.data.tokenizer))
     train_cfg = cfg.train
     if cfg.data.kind == "sft":
         train, valid = build_sft_datasets(

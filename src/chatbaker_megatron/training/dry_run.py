@@ -202,6 +202,13 @@ def run(cfg: RunConfig, ranks: list[int] | None, as_json: bool) -> int:
     # NCCL's device rules (a CPU test mode) track real tensors on real groups;
     # the dry run has neither, and its fake gloo groups must stay fake.
     os.environ.pop(device_rules.ENV, None)
+    if cfg.model.vocab_size is None:
+        # Training takes the tokenizer's size; the dry run compares with the
+        # planner, which has no tokenizer.
+        sys.exit(
+            "--dry-run needs model.vocab_size (null takes the tokenizer's size at train "
+            "time): state the tokenizer's size, e.g. model.vocab_size=50304"
+        )
     world = cfg.cluster.world_size
     ranks = ranks or default_ranks(cfg)
     bad = [r for r in ranks if not 0 <= r < world]

@@ -24,7 +24,6 @@ from chatbaker_megatron import platform
 from chatbaker_megatron.config.model import ModelConfig
 from chatbaker_megatron.config.optim import OptimConfig
 from chatbaker_megatron.config.parallel import ParallelConfig
-from chatbaker_megatron.model import dispatch
 from chatbaker_megatron.model.llama import build_model
 
 
@@ -72,17 +71,18 @@ def build_engine(
 ) -> Engine:
     """Build everything a training step needs on this rank.
 
-    `full_state` (unsharded weights, see model/sharding.py) replaces the random
-    initialisation before the optimizer copies the main params.
+    `params_dtype` goes to the model's TransformerConfig (model/llama.py), whose
+    bf16/fp16 flags then decide the Float16Module wrapper and the optimizer's
+    mixed precision here. `full_state` (unsharded weights, see
+    model/sharding.py) replaces the random initialisation before the optimizer
+    copies the main params.
     """
-    kernels = dispatch.resolve_kernels(model.kernels)
     chunks = build_model(
         model,
         parallel,
         vocab_size=vocab_size,
         max_sequence_length=max_sequence_length,
-        params_dtype=torch.float32,
-        kernels=kernels,
+        params_dtype=params_dtype,
     )
     if full_state is not None:
         from chatbaker_megatron.model.sharding import load_full_state
@@ -97,12 +97,8 @@ def build_engine(
     # Per-token loss: every token of the global batch weighs the same, whatever
     # the micro-batch / DP split or the SFT loss mask (see training/step.py).
     config.calculate_per_token_loss = True
-    if params_dtype != torch.float32:
-        config.params_dtype = params_dtype
-        # Activations cross pipeline stages in the compute dtype.
-        config.pipeline_dtype = params_dtype
-        config.bf16 = params_dtype == torch.bfloat16
-        config.fp16 = params_dtype == torch.float16
+    if config.bf16 or config.fp16:
+        # Casts the first stage's input and the last stage's output (megatron's rule).
         chunks = [Float16Module(config, chunk) for chunk in chunks]
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
@@ -133,10 +129,10 @@ def build_engine(
             adam_beta2=optim.adam_beta2,
             adam_eps=optim.adam_eps,
             clip_grad=optim.clip_grad,
-            bf16=params_dtype == torch.bfloat16,
-            fp16=params_dtype == torch.float16,
+            bf16=config.bf16,
+            fp16=config.fp16,
             initial_loss_scale=optim.initial_loss_scale,
-            params_dtype=params_dtype,
+            params_dtype=config.params_dtype,
             use_distributed_optimizer=parallel.distributed_optimizer,
         ),
         chunks,

@@ -21,9 +21,12 @@ import torch
 import torch.distributed as dist
 
 from chatbaker_megatron import parallel
+from chatbaker_megatron.checkpoint.layout import iteration_dir, latest_checkpoint
+from chatbaker_megatron.checkpoint.load import load_checkpoint
+from chatbaker_megatron.checkpoint.save import save_checkpoint
+from chatbaker_megatron.checkpoint.state import TrainState
 from chatbaker_megatron.config.schema import RunConfig, train_iters
 from chatbaker_megatron.model.sizes import model_flops_per_token
-from chatbaker_megatron.training import checkpoint as ckpt
 from chatbaker_megatron.training.batches import global_batch
 from chatbaker_megatron.training.data import TrainingData, build_training_data
 from chatbaker_megatron.training.engine import Engine, build_engine
@@ -100,15 +103,15 @@ class Trainer:
         setting = self.cfg.parallel.overlap_grad_reduce
         return self.ctx.platform.is_cuda if setting is None else setting
 
-    def _restore(self) -> ckpt.TrainState:
+    def _restore(self) -> TrainState:
         root = checkpoint_dir(self.cfg)
-        latest = ckpt.latest_checkpoint(root) if self.cfg.checkpoint.auto_resume else None
+        latest = latest_checkpoint(root) if self.cfg.checkpoint.auto_resume else None
         if latest is not None:
-            return ckpt.load_checkpoint(latest, self.engine)
+            return load_checkpoint(latest, self.engine)
         if self.cfg.train.init_from:
-            source = ckpt.latest_checkpoint(self.cfg.train.init_from) or self.cfg.train.init_from
-            return ckpt.load_checkpoint(source, self.engine, weights_only=True)
-        return ckpt.TrainState()
+            source = latest_checkpoint(self.cfg.train.init_from) or self.cfg.train.init_from
+            return load_checkpoint(source, self.engine, weights_only=True)
+        return TrainState()
 
     def _micro_batches(self, dataset: Any, start: int) -> list[dict[str, torch.Tensor]]:
         return global_batch(
@@ -122,7 +125,7 @@ class Trainer:
         )
 
     def save(self) -> None:
-        ckpt.save_checkpoint(
+        save_checkpoint(
             checkpoint_dir(self.cfg),
             self.engine,
             self.state,
@@ -178,7 +181,7 @@ class Trainer:
         log.warning(message)
         return consecutive
 
-    def run(self) -> ckpt.TrainState:
+    def run(self) -> TrainState:
         cfg = self.cfg
         gbs = cfg.train.global_batch_size
         clock = ProgressClock(self.state.iteration, self.total_iters)
@@ -233,7 +236,7 @@ class Trainer:
         return self.state
 
     def _saved_at(self, iteration: int) -> bool:
-        return os.path.isdir(ckpt.iteration_dir(checkpoint_dir(self.cfg), iteration))
+        return os.path.isdir(iteration_dir(checkpoint_dir(self.cfg), iteration))
 
     def _should_exit(self, steps_this_run: int, started: float, stop: _StopSignal) -> bool:
         train = self.cfg.train

@@ -1,0 +1,84 @@
+"""Where checkpoints live in a checkpoints directory, and which one is current.
+
+    iter_0000200/        a complete checkpoint (dist_checkpointing format)
+    iter_0000300.tmp/    a checkpoint being written (never loaded)
+    latest               text file naming the newest complete checkpoint
+
+`latest` is replaced atomically and fsynced before the rename, so a kill at
+any moment leaves it naming a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+LATEST = "latest"
+_ITER_DIR = re.compile(r"^iter_(\d{7})$")
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def iteration_dir(root: str, iteration: int) -> str:
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
+def latest_checkpoint(root: str) -> str | None:
+    """The directory `latest` names, or None when there is no complete checkpoint."""
+    marker = os.path.join(root, LATEST)
+    if not os.path.exists(marker):
+        return None
+    with open(marker, encoding="utf-8") as f:
+        name = f.read().strip()
+    path = os.path.join(root, name)
+    if not _ITER_DIR.match(name) or not os.path.isdir(path):
+        raise CheckpointError(
+            f"{marker} names {name!r}, which is not a complete checkpoint directory in {root}"
+        )
+    return path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a checkpoints root whose `latest` names one."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such checkpoint directory")
+    if (path / "metadata.json").is_file():
+        return path
+    latest = latest_checkpoint(str(path))
+    if latest is None:
+        raise FileNotFoundError(
+            f"{path}: neither a checkpoint (no metadata.json) nor a checkpoints directory "
+            "with a `latest` marker"
+        )
+    return Path(latest)
+
+
+def write_latest(root: str, name: str) -> None:
+    """Point `latest` at `name`: written to a temp file, fsynced, then renamed over the old one."""
+    tmp = os.path.join(root, f".{LATEST}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(root, LATEST))
+
+
+def remove_partial(root: str) -> None:
+    """Delete `.tmp` directories left by writes that were killed."""
+    for name in os.listdir(root):
+        if name.endswith(".tmp") and os.path.isdir(os.path.join(root, name)):
+            shutil.rmtree(os.path.join(root, name))
+
+
+def prune(root: str, keep_last: int) -> None:
+    """Keep the newest `keep_last` complete checkpoints."""
+    iterations = sorted(
+        int(m.group(1)) for m in (_ITER_DIR.match(n) for n in os.listdir(root)) if m
+    )
+    for iteration in iterations[:-keep_last]:
+        shutil.rmtree(iteration_dir(root, iteration))

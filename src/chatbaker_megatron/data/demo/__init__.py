@@ -1,0 +1,1 @@
+"""The bundled sample corpus (`samples/`) and its preparation (`prepare`, `chatbaker prepare-data`)."""

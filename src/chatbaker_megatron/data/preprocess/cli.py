@@ -1,0 +1,94 @@
+"""`chatbaker preprocess`: jsonl (or SFT conversations) -> megatron .bin/.idx indexed dataset."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from chatbaker_megatron.data.corpus import ON_ERROR_CHOICES, BadInputError
+from chatbaker_megatron.data.preprocess.pipeline import FORMATS, preprocess
+from chatbaker_megatron.data.templates import TEMPLATES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="FILE",
+        help="input files: .jsonl (one JSON object per line); for --format sft "
+        "also .json (a JSON array of conversations)",
+    )
+    parser.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer directory")
+    parser.add_argument(
+        "--output-prefix",
+        required=True,
+        metavar="PREFIX",
+        help="writes PREFIX.bin, PREFIX.idx and PREFIX.meta.json",
+    )
+    parser.add_argument(
+        "--json-key",
+        default="text",
+        help="text field of each record, --format text (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="encoding processes; 0 encodes in this process "
+        "(default: the number of CPUs, %(default)s)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="text",
+        dest="fmt",
+        help="text: pretraining documents; sft: ShareGPT conversations (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--chat-template",
+        default="chatbaker",
+        metavar="NAME",
+        help=f"--format sft: {', '.join(TEMPLATES)} or a .yaml file (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seq-length",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="--format sft: sequence length for the truncation and packing "
+        "report (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--on-error",
+        choices=ON_ERROR_CHOICES,
+        default="fail",
+        help="bad records (invalid JSON, missing key, non-UTF-8, empty): stop "
+        "at the first (fail) or skip and count them (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_false", dest="progress", help="no progress bar"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        stats = preprocess(
+            args.input,
+            args.tokenizer,
+            args.output_prefix,
+            fmt=args.fmt,
+            json_key=args.json_key,
+            workers=args.workers,
+            chat_template=args.chat_template,
+            seq_length=args.seq_length,
+            on_error=args.on_error,
+            progress=args.progress,
+        )
+    except (BadInputError, ValueError, FileNotFoundError) as err:
+        print(f"chatbaker preprocess: error: {err}", file=sys.stderr)
+        return 1
+    print(stats.summary())
+    return 0

@@ -1,0 +1,176 @@
+"""Preprocessing: jsonl (or SFT conversations) -> megatron .bin/.idx indexed dataset.
+
+The main process streams the inputs in chunks of whole lines (about 1 MiB),
+worker processes decode and batch-encode each chunk (encode_pool,
+encode_worker), and the main process writes the results in input order
+through megatron's IndexedDatasetBuilder (indexed_writer). At most two
+chunks per worker are in flight, so memory does not grow with the corpus:
+the token data goes straight to disk and only megatron's per-document index
+(a few dozen bytes per document) stays in memory until the .idx is written.
+
+--format text: one document per line (`--json-key`), eos appended.
+--format sft: ShareGPT conversations rendered with a chat template; every
+document is two sequences, the token ids and the 0/1 target flags
+(read by datasets/sft.py).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+from tqdm import tqdm
+
+from chatbaker_megatron.data.corpus import BadInputError, BadRecord, ErrorTally
+from chatbaker_megatron.data.datasets.packing import pack_best_fit_decreasing, packing_efficiency
+from chatbaker_megatron.data.preprocess.encode_pool import encode_in_order, input_chunks
+from chatbaker_megatron.data.preprocess.encode_worker import (
+    EncodedChunk,
+    encode_sft_chunk,
+    encode_text_chunk,
+)
+from chatbaker_megatron.data.templates import load_template
+from chatbaker_megatron.data.tokenizer.load import load_tokenizer
+
+FORMATS = ("text", "sft")
+
+
+@dataclass
+class PreprocessStats:
+    output_prefix: str
+    fmt: str
+    files: int
+    workers: int
+    errors: ErrorTally
+    docs: int = 0
+    tokens: int = 0
+    chars: int = 0
+    seconds: float = 0.0
+    target_tokens: int = 0
+    seq_length: int = 0
+    fitted_lengths: list[np.ndarray] = field(default_factory=list)
+    full_lengths: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, chunk: EncodedChunk) -> None:
+        # An SFT document is ids + flags: count its ids only.
+        self.tokens += int(chunk.seq_lengths[:: chunk.seqs_per_doc].sum())
+        self.docs += chunk.docs
+        self.chars += chunk.chars
+        self.target_tokens += chunk.target_tokens
+        if chunk.fitted_lengths is not None:
+            self.fitted_lengths.append(chunk.fitted_lengths)
+            self.full_lengths.append(chunk.seq_lengths[::2])
+
+    def summary(self) -> str:
+        rate = self.seconds or float("inf")
+        lines = [
+            f"preprocess: {self.docs:,} {'conversations' if self.fmt == 'sft' else 'documents'}, "
+            f"{self.tokens:,} tokens, {self.chars:,} characters from {self.files} file(s) in "
+            f"{self.seconds:.1f}s with {self.workers} worker(s): {self.docs / rate:,.0f} docs/s, "
+            f"{self.tokens / rate:,.0f} tokens/s -> {self.output_prefix}.bin/.idx",
+            self.errors.summary(),
+        ]
+        if self.fmt == "sft":
+            lines.append(self._sft_summary())
+        return "\n".join(lines)
+
+    def _sft_summary(self) -> str:
+        fitted = np.concatenate(self.fitted_lengths) if self.fitted_lengths else np.zeros(0, int)
+        full = np.concatenate(self.full_lengths) if self.full_lengths else np.zeros(0, int)
+        kept = fitted[fitted > 0]
+        packed = pack_best_fit_decreasing(kept, self.seq_length)
+        padded = kept.sum() / (len(kept) * self.seq_length) if len(kept) else 0.0
+        share = self.target_tokens / self.tokens if self.tokens else 0.0
+        return (
+            f"sft: {share:.1%} of tokens are assistant targets; at seq length {self.seq_length}: "
+            f"{int(((fitted > 0) & (fitted < full)).sum())} truncated to whole turns, "
+            f"{int((fitted == 0).sum())} dropped (first turn too long); packing efficiency "
+            f"{packing_efficiency(kept, packed):.1%} in {len(packed):,} sequences "
+            f"(pad-to-max: {padded:.1%} in {len(kept):,})"
+        )
+
+
+def preprocess(
+    inputs: list[str],
+    tokenizer_dir: str,
+    output_prefix: str,
+    *,
+    fmt: str = "text",
+    json_key: str = "text",
+    workers: int = 0,
+    chat_template: str = "chatbaker",
+    seq_length: int = 2048,
+    on_error: str = "fail",
+    progress: bool = True,
+) -> PreprocessStats:
+    """Write `output_prefix`.bin/.idx/.meta.json from `inputs`; returns the counts for the summary."""
+    # megatron (via indexed_writer) takes seconds to import: only when writing,
+    # so that `chatbaker preprocess --help` stays instant.
+    from chatbaker_megatron.data.preprocess.indexed_writer import AtomicIndexedWriter, token_dtype
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format={fmt!r}: expected one of {', '.join(FORMATS)}")
+    if workers < 0:
+        raise ValueError(f"--workers={workers}: expected >= 0")
+    if seq_length < 1:
+        raise ValueError(f"--seq-length={seq_length}: expected >= 1")
+    for path in inputs:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such input file")
+    tokenizer = load_tokenizer(tokenizer_dir)
+    dtype = token_dtype(tokenizer.vocab_size)
+    if fmt == "sft":
+        encode = partial(encode_sft_chunk, dtype=np.dtype(dtype).name, seq_length=seq_length)
+        load_template(chat_template)  # an unknown template fails before any work
+        template = chat_template
+    else:
+        encode = partial(encode_text_chunk, json_key=json_key, dtype=np.dtype(dtype).name)
+        template = None
+    stats = PreprocessStats(
+        output_prefix, fmt, len(inputs), workers, ErrorTally(on_error), seq_length=seq_length
+    )
+    start = time.perf_counter()
+    bar = tqdm(
+        total=sum(os.path.getsize(p) for p in inputs),
+        unit="B",
+        unit_scale=True,
+        desc="preprocess",
+        disable=not progress,
+        file=sys.stderr,
+    )
+    with bar, AtomicIndexedWriter(output_prefix, dtype) as writer:
+        for chunk, size in encode_in_order(
+            input_chunks(inputs, fmt), encode, workers, tokenizer_dir, template
+        ):
+            for location, kind, detail in chunk.bad:
+                stats.errors.add(location, BadRecord(kind, detail))
+            writer.add(chunk)
+            stats.add(chunk)
+            elapsed = time.perf_counter() - start
+            bar.set_postfix_str(
+                f"{stats.docs / elapsed:,.0f} docs/s, {stats.tokens / elapsed:,.0f} tok/s",
+                refresh=False,
+            )
+            bar.update(size)
+        if stats.docs == 0:
+            raise BadInputError(f"no usable records in {', '.join(inputs)}")
+        stats.seconds = time.perf_counter() - start
+        writer.commit(
+            {
+                "format": fmt,
+                "inputs": [os.path.abspath(p) for p in inputs],
+                "json_key": json_key if fmt == "text" else None,
+                "chat_template": template,
+                "tokenizer": os.path.abspath(tokenizer_dir),
+                "tokenizer_sha256": tokenizer.sha256,
+                "vocab_size": tokenizer.vocab_size,
+                "documents": stats.docs,
+                "tokens": stats.tokens,
+                "bad_records": stats.errors.total,
+            }
+        )
+    return stats

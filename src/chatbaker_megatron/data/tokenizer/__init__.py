@@ -1,0 +1,1 @@
+"""The tokenizer: `load` (run time), `train` and `fertility` (`chatbaker tokenizer train`, `cli`)."""
