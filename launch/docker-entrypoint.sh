@@ -7,8 +7,10 @@
 # One node unless MASTER_ADDR, NNODES and NODE_RANK (and optionally
 # MASTER_PORT, GPUS_PER_NODE, RDZV_ID) are set: then this node's share of a
 # multi-node run. src/chatbaker_megatron/launch.py decides and sets the ranks'
-# environment; SIGTERM (docker stop) and SIGUSR1 reach the ranks, which save a
-# checkpoint before exiting.
+# environment; SIGTERM (docker stop), SIGUSR1 and SIGINT reach the ranks, which
+# save a checkpoint before exiting (docker stop's default 10 s grace is short
+# for a large model: use `docker stop -t 120`). A rank that dies is restarted
+# (launch.max_restarts).
 set -euo pipefail
 PYTHON=${PYTHON:-python}
 

@@ -441,6 +441,10 @@ def step_hf(ctx: Context) -> StepResult:
     )
 
 
+def step_preflight(ctx: Context) -> StepResult:
+    return pytest_step(ctx, "preflight", "tests/unit/test_preflight.py")
+
+
 def step_parallel(ctx: Context) -> StepResult:
     if ctx.device["count"] < 2:
         return skipped(f"needs 2 GPUs, found {ctx.device['count']}")
@@ -457,6 +461,7 @@ STEPS: list[tuple[str, int, Callable[[Context], StepResult]]] = [
     ("train-tiny", 90, step_train_tiny),
     ("train-1.3b", 100, step_train_wide),
     ("hf", 50, step_hf),
+    ("preflight", 30, step_preflight),
     ("parallel-nccl", 120, step_parallel),
 ]
 # Steps that cannot run without the install.

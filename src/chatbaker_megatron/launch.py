@@ -7,13 +7,16 @@ Two ways in, one place for the torchrun command line and the ranks' environment:
   MASTER_ADDR / MASTER_PORT / NODE_RANK, or from SLURM's variables, when
   `cluster.nodes > 1`), runs it as a child and forwards SIGTERM/SIGUSR1/SIGINT
   to it. Under torchrun (LOCAL_RANK set) training starts directly instead.
+- Every torchrun runs with the restart budget `launch.max_restarts` (its
+  elastic agent): when a rank dies, it stops the others and starts them all
+  again, and they resume from the newest complete checkpoint.
 - `python -m chatbaker_megatron.launch [OVERRIDES]` is what the shell scripts
   (launch/torchrun_multinode.sh, the SLURM batch script, the Docker
   entrypoint) run: with MASTER_ADDR / NNODES / NODE_RANK in the environment it
-  runs `chatbaker prepare-data` (the ranks only read data) and replaces itself
-  with this node's torchrun (multi-node); without them it replaces itself
-  with `chatbaker train` on this node's GPUs (single node), which prepares
-  the data itself.
+  runs `chatbaker prepare-data` (the ranks only read data), reads the run's
+  `launch` settings and replaces itself with this node's torchrun
+  (multi-node); without them it replaces itself with `chatbaker train` on
+  this node's GPUs (single node), which prepares the data itself.
   `--dry-run` prints the command instead of running it.
 """
 
@@ -25,6 +28,9 @@ import signal
 import subprocess
 import sys
 from types import FrameType
+from typing import Any
+
+import yaml
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +54,11 @@ RANK_ENV = {
 # which the trainer turns into a checkpoint and a clean exit. torchrun forwards
 # each of these to its ranks; any other signal would kill it and orphan them.
 TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
-# What the launcher process passes on to its torchrun child.
+# What the launcher process passes on to its torchrun child: each asks the
+# ranks to stop with a checkpoint (exit code 0). A second Ctrl-C forces.
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# The exit code of a run stopped by a second Ctrl-C, without a final checkpoint (128 + SIGINT).
+FORCED_STOP_CODE = 130
 
 MULTINODE_VARS = ("MASTER_ADDR", "NNODES", "NODE_RANK")
 
@@ -86,14 +94,23 @@ def _signal_flags() -> list[str]:
 
 
 def torchrun_command(
-    nnodes: int, nproc_per_node: int, module: str, args: list[str], rdzv_id: str | None = None
+    nnodes: int,
+    nproc_per_node: int,
+    module: str,
+    args: list[str],
+    *,
+    max_restarts: int,
+    monitor_interval: float,
+    rdzv_id: str | None = None,
 ) -> list[str]:
-    """The torchrun command line for this node."""
+    """The torchrun command line for this node (restart budget: the run's `launch.*`)."""
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         f"--nproc-per-node={nproc_per_node}",
+        f"--max-restarts={max_restarts}",
+        f"--monitor-interval={monitor_interval}",
         *_signal_flags(),
     ]
     if nnodes == 1:
@@ -121,14 +138,30 @@ def torchrun_command(
     return [*cmd, "-m", module, *args]
 
 
-def run_torchrun(nnodes: int, nproc_per_node: int, module: str, args: list[str]) -> int:
-    """Run torchrun as a child and wait for it; 0 after a forwarded SIGTERM/SIGUSR1.
+def run_torchrun(
+    nnodes: int,
+    nproc_per_node: int,
+    module: str,
+    args: list[str],
+    *,
+    max_restarts: int,
+    monitor_interval: float,
+) -> int:
+    """Run torchrun as a child and wait for it; 0 after a forwarded SIGTERM/SIGUSR1/SIGINT.
 
     The child gets its own process group, so a terminal's Ctrl-C reaches it
-    once (through the handler below), not twice: a second signal would cut
-    torchrun's wait for its ranks short and orphan them.
+    once (through the handler below), not twice. A second Ctrl-C is passed on
+    too: torchrun turns it into SIGTERM for the ranks, which after a Ctrl-C
+    stop at once, without a checkpoint (FORCED_STOP_CODE).
     """
-    cmd = torchrun_command(nnodes, nproc_per_node, module, args)
+    cmd = torchrun_command(
+        nnodes,
+        nproc_per_node,
+        module,
+        args,
+        max_restarts=max_restarts,
+        monitor_interval=monitor_interval,
+    )
     log.info("launching: %s", " ".join(cmd))
     env = rank_env()
     proc = subprocess.Popen(cmd, env=env, process_group=0)
@@ -145,11 +178,13 @@ def run_torchrun(nnodes: int, nproc_per_node: int, module: str, args: list[str])
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    stops = [signal.Signals(s).name for s in received if s in STOP_SIGNALS]
-    if stops and code in (0, 1):
+    if received.count(signal.SIGINT) > 1:
+        log.warning("stopped by a second Ctrl-C, without a final checkpoint")
+        return FORCED_STOP_CODE
+    if received and code in (0, 1):
         # torchrun exits 1 after any signal it forwarded, once its ranks are
         # gone; the trainer has checkpointed and stopped on its own by then.
-        log.info("stopped on %s (checkpoint: see train.log)", stops[0])
+        log.info("stopped on %s (checkpoint: see train.log)", signal.Signals(received[0]).name)
         return 0
     return code
 
@@ -173,11 +208,14 @@ def node_command(overrides: list[str]) -> list[str]:
             )
         nnodes, gpus = int(os.environ["NNODES"]), int(os.environ.get("GPUS_PER_NODE", "8"))
         cluster = [f"cluster.nodes={nnodes}", f"cluster.devices_per_node={gpus}"]
+        settings = launch_settings(overrides)
         return torchrun_command(
             nnodes,
             gpus,
             TRAIN_MODULE,
             [*cluster, *overrides],
+            max_restarts=int(settings["max_restarts"]),
+            monitor_interval=float(settings["monitor_interval"]),
             rdzv_id=os.environ.get("RDZV_ID", "chatbaker"),
         )
     if os.environ.get("GPUS_PER_NODE"):
@@ -190,14 +228,33 @@ def node_command(overrides: list[str]) -> list[str]:
     return [sys.executable, "-m", TRAIN_MODULE, *cluster, *overrides]
 
 
+def _hydra_overrides(args: list[str]) -> list[str]:
+    """The Hydra overrides among `args`, without flags (--cfg job, -m) and their values."""
+    return [a for a in args if not a.startswith("-") and ("=" in a or a.startswith("~"))]
+
+
+def launch_settings(args: list[str]) -> dict[str, Any]:
+    """The run's resolved `launch` group (restart budget), from the train command's
+    `--cfg job`: in a subprocess, so that this module imports nothing of the project."""
+    cmd = [sys.executable, "-m", TRAIN_MODULE, *_hydra_overrides(args)]
+    result = subprocess.run(
+        [*cmd, "--cfg", "job", "--package", "launch"], capture_output=True, text=True, check=False
+    )
+    if result.returncode:
+        # Hydra's message without its hint about HYDRA_FULL_ERROR, on one line.
+        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+        message = "; ".join(line for line in lines if "HYDRA_FULL_ERROR" not in line)
+        raise SystemExit(f"multi-node launch: invalid config: {message}")
+    return yaml.safe_load(result.stdout)
+
+
 def prepare_node_data(args: list[str]) -> None:
     """`chatbaker prepare-data` with the run's Hydra overrides, before torchrun starts the ranks.
 
     A subprocess, so that this module imports nothing of the project. Hydra
     flags (--cfg job, -m) and their values are left out: they do not change the data.
     """
-    overrides = [a for a in args if not a.startswith("-") and ("=" in a or a.startswith("~"))]
-    cmd = [sys.executable, "-m", "chatbaker_megatron.cli", "prepare-data", *overrides]
+    cmd = [sys.executable, "-m", "chatbaker_megatron.cli", "prepare-data", *_hydra_overrides(args)]
     code = subprocess.run(cmd, check=False).returncode
     if code:
         raise SystemExit(f"multi-node launch: `chatbaker prepare-data` failed (exit code {code})")

@@ -39,6 +39,27 @@ def data_parallel_size(cfg: ParallelConfig, world_size: int) -> int:
     return dp
 
 
+def _restart_attempt_store(timeout: datetime.timedelta) -> dist.Store | None:
+    """The store of this torchrun restart attempt, or None (env:// as usual).
+
+    torchrun's agent keeps one store for all attempts and the default group's
+    keys carry no attempt number, so a restarted rank can read a dead rank's
+    address (gloo: "Connection refused"; NCCL: a stale unique id) when its
+    peer has not written the new one yet. A prefix per attempt keeps them apart.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        int(os.environ["WORLD_SIZE"]),
+        is_master=False,
+        timeout=timeout,
+    )
+    return dist.PrefixStore(f"attempt_{attempt}", store)
+
+
 @dataclass(frozen=True)
 class ParallelContext:
     """This process's place in the topology."""
@@ -52,18 +73,35 @@ class ParallelContext:
     dp_rank: int
 
 
-def initialize(cfg: ParallelConfig, *, seed: int, timeout_minutes: int = 30) -> ParallelContext:
+def initialize(
+    cfg: ParallelConfig, *, seed: int, timeout_minutes: int = 30, trace_prefix: str | None = None
+) -> ParallelContext:
     """Start torch.distributed (env:// as torchrun sets it) and megatron's process groups.
 
     A single process without torchrun's environment runs as a world of one.
+    `timeout_minutes` bounds every collective; with `trace_prefix` the
+    backend's collective trace (NCCL's flight recorder) is dumped to
+    `trace_prefix`<rank> when one times out.
     """
     plat = platform.prepare_megatron()
     if not dist.is_initialized():
+        if trace_prefix is not None:
+            plat.enable_collective_trace(trace_prefix)
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29500")
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
-        plat.init_process_group(timeout=datetime.timedelta(minutes=timeout_minutes))
+        timeout = datetime.timedelta(minutes=timeout_minutes)
+        store = _restart_attempt_store(timeout)
+        if store is None:
+            plat.init_process_group(timeout=timeout)
+        else:
+            plat.init_process_group(
+                timeout=timeout,
+                store=store,
+                rank=int(os.environ["RANK"]),
+                world_size=int(os.environ["WORLD_SIZE"]),
+            )
     else:
         plat.bind()
     world_size = dist.get_world_size()

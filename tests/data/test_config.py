@@ -68,7 +68,7 @@ def pretrain(**changes) -> DataConfig:
         ),
         (
             DataConfig(kind="sft", sft=SFTConfig(path="s", valid_fraction=1.0)),
-            "data.sft.valid_fraction=1.0: expected 0 <= fraction < 1",
+            "data.sft.valid_fraction=1.0: expected in [0, 1)",
         ),
         (
             DataConfig(kind="sft", sft=SFTConfig(path="s", epochs=0)),

@@ -17,6 +17,7 @@ import yaml
 from chatbaker_megatron.checkpoint.layout import latest_checkpoint
 from chatbaker_megatron.checkpoint.state import read_common
 from chatbaker_megatron.data.demo.prepare import prepare_demo_data
+from chatbaker_megatron.run_lock import RunLock
 
 TRAIN = [sys.executable, "-m", "chatbaker_megatron.train"]
 
@@ -133,11 +134,37 @@ def test_kill_during_checkpoint_write_then_resume(data_root, tmp_path):
     saved_at = read_common(latest)["train_state"]["iteration"]
     assert saved_at >= 1
 
-    result = run(base + small_run(data_root, saved_at + 2), timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
+    # The resumed run is stopped by Ctrl-C (SIGINT to the launcher): a checkpoint, exit 0.
+    log_offset = train_log_size(run_dir)
+    proc = subprocess.Popen(
+        base + small_run(data_root, 100000), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for_iteration(run_dir, proc, time.monotonic() + 240, log_offset)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        kill_tree(proc.pid)
+        proc.wait()
     resumed = [r["iteration"] for r in metrics(run_dir) if r["iteration"] > saved_at]
-    assert resumed[-2:] == [saved_at + 1, saved_at + 2]
+    assert resumed[0] == saved_at + 1
+    stopped_at = read_common(latest_checkpoint(ckpt_dir))["train_state"]["iteration"]
+    assert stopped_at == resumed[-1]
     assert not any(n.endswith(".tmp") for n in os.listdir(ckpt_dir))
+
+
+def test_second_job_in_a_run_dir_fails_at_once_touching_nothing(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints" / "iter_0000004.tmp").mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text('{"iteration": 3}\n')
+    with RunLock(str(run_dir)):  # the first job
+        before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+        result = run([*TRAIN, f"run_dir={run_dir}", *small_run(data_root, 2)], timeout=120)
+        after = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    assert result.returncode == 1
+    assert f"run dir {run_dir} is in use by another job (pid {os.getpid()} on host" in result.stderr
+    assert "torch.distributed.run" not in result.stdout + result.stderr
+    assert after == before
 
 
 ENTRYPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "launch", "docker-entrypoint.sh")
@@ -205,18 +232,34 @@ def test_node_launch_single_and_multi_node():
     cmd, *_ = launch_dry_run([], GPUS_PER_NODE="4")
     assert cmd.endswith("cluster.nodes=1 cluster.devices_per_node=4")
     # Multi-node: this node's torchrun, forwarding SIGUSR1 to the ranks.
-    cmd, *env = launch_dry_run(["x=1"], MASTER_ADDR="n0", NNODES="4", NODE_RANK="2")
+    cmd, *env = launch_dry_run(["train.seed=7"], MASTER_ADDR="n0", NNODES="4", NODE_RANK="2")
     assert "--nnodes=4" in cmd and "--node-rank=2" in cmd and "--rdzv-endpoint=n0:29500" in cmd
     assert "SIGUSR1" in cmd
     assert cmd.endswith(
-        "-m chatbaker_megatron.train cluster.nodes=4 cluster.devices_per_node=8 x=1"
+        "-m chatbaker_megatron.train cluster.nodes=4 cluster.devices_per_node=8 train.seed=7"
     )
+    # With the run's restart budget (launch.*, read from its config).
+    assert "--max-restarts=3" in cmd and "--monitor-interval=1.0" in cmd
+    cmd, *_ = launch_dry_run(["launch.max_restarts=0"], MASTER_ADDR="n0", NNODES="2", NODE_RANK="0")
+    assert "--max-restarts=0" in cmd
 
 
-def wait_for_iteration(run_dir: str, proc: subprocess.Popen, deadline: float) -> None:
+def train_log_size(run_dir: str) -> int:
+    path = os.path.join(run_dir, "train.log")
+    return os.path.getsize(path) if os.path.exists(path) else 0
+
+
+def wait_for_iteration(
+    run_dir: str, proc: subprocess.Popen, deadline: float, log_offset: int = 0
+) -> None:
+    """Until this run logs a training step (in train.log, after `log_offset` bytes)."""
     while time.monotonic() < deadline and proc.poll() is None:
-        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
-            if metrics(run_dir):
+        with (
+            contextlib.suppress(FileNotFoundError),
+            open(os.path.join(run_dir, "train.log"), encoding="utf-8") as f,
+        ):
+            f.seek(log_offset)
+            if "] iter " in f.read():
                 return
         time.sleep(0.2)
     raise AssertionError("training never logged an iteration")

@@ -172,3 +172,32 @@ def test_eight_ranks_and_resharding(ranks, data_root, seed_ckpt, reference, tmp_
 def test_checkpoint_dir_default(data_root, tmp_path):
     cfg = compose(base_overrides(data_root, str(tmp_path), 2))
     assert checkpoint_dir(cfg) == os.path.join(str(tmp_path), "checkpoints")
+
+
+def test_refused_resume_keeps_the_records_and_resume_keeps_one_row_per_iteration(
+    ranks, data_root, tmp_path
+):
+    """A resume refused at startup leaves config.yaml and metrics.jsonl as they were; a
+    resume from iteration 4 after rows up to 5 were logged keeps one row per iteration."""
+    run_dir = str(tmp_path)
+    base = [
+        *base_overrides(data_root, run_dir, 1),
+        "parallel=single",
+        "checkpoint.save_interval=2",
+    ]
+    # Killed after logging iteration 5, its last checkpoint at 4.
+    ranks.run(1, run_trainer, [*base, "train.train_iters=5", "checkpoint.save_on_exit=false"])
+    records = {name: (tmp_path / name).read_bytes() for name in ("config.yaml", "metrics.jsonl")}
+    first_losses = losses(run_dir)
+
+    with pytest.raises(AssertionError, match="optimizer state"):
+        ranks.run(1, run_trainer, [*base, "parallel.distributed_optimizer=true"])
+    assert {name: (tmp_path / name).read_bytes() for name in records} == records
+
+    ranks.run(1, run_trainer, [*base, "train.train_iters=6"])
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        assert [r["iteration"] for r in map(json.loads, f)] == [1, 2, 3, 4, 5, 6]
+    assert losses(run_dir)[:5] == first_losses  # the resume is bit-exact
+    with open(os.path.join(run_dir, "metrics.rerun.jsonl"), encoding="utf-8") as f:
+        (rerun,) = map(json.loads, f)
+    assert (rerun["iteration"], rerun["resumed_from"], rerun["loss"]) == (5, 4, first_losses[4])

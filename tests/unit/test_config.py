@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
 import pytest
 
-from chatbaker_megatron.config.compose import compose
-from chatbaker_megatron.config.schema import ConfigError, train_iters
+from chatbaker_megatron.config.checks import RANGE, Range, check_ranges
+from chatbaker_megatron.config.compose import compose, compose_dict
+from chatbaker_megatron.config.data import DatasetConfig
+from chatbaker_megatron.config.schema import ConfigError, RunConfig, train_iters
 
 PRESETS = ["plm_1.3b_a100x256", "plm_7b_a100x256", "sft_1.3b_a100x8", "sft_7b_a100x8"]
 
@@ -64,6 +74,17 @@ BAD = {
     "train.nan_policy=ignore": "train.nan_policy",
     "model.kernels.attention=cudnn": "model.kernels.attention",
     "data.datasets.0.weight=-1": "data.datasets[0].weight",
+    # Each of these used to pass validation (issue 14).
+    "checkpoint.save_interval=-1": "checkpoint.save_interval=-1: expected >= 1",
+    "optim.clip_grad=-1": "optim.clip_grad=-1.0: expected >= 0",
+    "optim.adam_beta1=1.5": "optim.adam_beta1=1.5: expected in [0, 1)",
+    "train.eval_iters=-3": "train.eval_iters=-3: expected >= 1",
+    "checkpoint.keep_last=0": "checkpoint.keep_last=0: expected >= 1",
+    "optim.lr=nan": "optim.lr=nan: expected a finite number > 0",
+    "optim.weight_decay=-0.1": "optim.weight_decay=-0.1: expected >= 0",
+    "optim.warmup_iters=-1": "optim.warmup_iters=-1: expected >= 0",
+    "train.global_batch_size=0": "train.global_batch_size=0: expected >= 1",
+    "logging.log_interval=0": "logging.log_interval=0: expected >= 1",
 }
 
 
@@ -87,3 +108,117 @@ def test_model_vocab_size_is_the_tokenizers():
     with pytest.raises(ValueError) as err:
         model.check_vocab_size(4096)
     assert str(err.value).startswith("model.vocab_size=50304 but the tokenizer has 4096 tokens")
+
+
+def numeric_fields(schema: type, prefix: str = ""):
+    """(key, field, number type, is a list) of every int/float field, optional or a list
+    of them, in `schema` and the config dataclasses it holds."""
+    hints = typing.get_type_hints(schema)
+    for spec in dataclasses.fields(schema):
+        hint, args = hints[spec.name], typing.get_args(hints[spec.name])
+        kind = next(a for a in args if a is not type(None)) if type(None) in args else hint
+        is_list = typing.get_origin(kind) is list
+        inner = typing.get_args(kind)[0] if is_list else kind
+        if dataclasses.is_dataclass(inner):
+            yield from numeric_fields(inner, f"{prefix}{spec.name}.")
+        elif inner in (int, float):
+            yield f"{prefix}{spec.name}", spec, inner, is_list
+
+
+NUMERIC = list(numeric_fields(RunConfig))
+
+
+def test_every_numeric_key_declares_a_range():
+    assert len(NUMERIC) > 40
+    missing = [key for key, spec, _, _ in NUMERIC if RANGE not in spec.metadata]
+    assert not missing, f"declare a range with config.checks.bounded: {missing}"
+    check_ranges(RunConfig())  # the defaults are inside their own ranges
+
+
+def outside(bound: Range) -> float:
+    """A value just outside `bound`."""
+    if bound.ge is not None:
+        return bound.ge - 1
+    if bound.gt is not None:
+        return bound.gt
+    return bound.le + 1 if bound.le is not None else bound.lt
+
+
+@pytest.mark.parametrize(("key", "spec", "kind", "is_list"), NUMERIC, ids=[n[0] for n in NUMERIC])
+def test_a_value_outside_the_range_fails_naming_key_value_and_range(key, spec, kind, is_list):
+    cfg = RunConfig()
+    cfg.data.datasets = [DatasetConfig("web", "web")]
+    node, path = cfg, key.split(".")
+    for name in path[:-1]:
+        node = getattr(node, name)
+        if name == "datasets":
+            node, key = node[0], key.replace("datasets.", "datasets[0].")
+    bound = spec.metadata[RANGE]
+    value = kind(outside(bound))
+    if is_list:
+        setattr(node, path[-1], [value])
+        key = f"{key}[0]"
+    else:
+        setattr(node, path[-1], value)
+    with pytest.raises(ConfigError) as err:
+        check_ranges(cfg)
+    assert str(err.value) == f"{key}={value!r}: expected {bound}"
+
+
+UNKNOWN = {
+    "+train.foo=1": "train.foo: unknown config key; train has seq_length, ",
+    "+foo=1": "foo: unknown config key; the root has name, run_dir, ",
+    "+model.kernels.fused=1": "model.kernels.fused: unknown config key; model.kernels has ",
+    "+data.datasets.0.bogus=1": "data.datasets[0].bogus: unknown config key; ",
+    "+train.seq_lenght=64": "train.seq_lenght: unknown config key (did you mean train.seq_length?)",
+}
+
+
+@pytest.mark.parametrize("override", UNKNOWN)
+def test_unknown_keys_fail_at_compose_naming_the_key(override):
+    """Hydra's `+key=value` adds keys even in struct mode; the schema refuses them."""
+    for build in (compose, compose_dict):
+        with pytest.raises(ConfigError) as err:
+            build([override])
+        assert str(err.value).startswith(UNKNOWN[override]), str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["+train.foo=1"], {}),  # chatbaker train: before torchrun starts
+        (["-m", "+train.foo=1,2"], {}),  # multirun: every point
+        (["+train.foo=1"], {"LOCAL_RANK": "0", "WORLD_SIZE": "2", "RANK": "0"}),  # a rank
+    ],
+    ids=["launcher", "multirun", "rank"],
+)
+def test_train_refuses_unknown_keys_before_writing_anything(tmp_path, args, env):
+    result = subprocess.run(
+        [sys.executable, "-m", "chatbaker_megatron.train", *args, f"run_dir={tmp_path}/run"],
+        cwd=tmp_path,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "invalid config: train.foo: unknown config key" in result.stderr, result.stderr
+    written = [f for _, _, files in os.walk(tmp_path) for f in files]
+    # multirun.yaml is Hydra's record of the sweep, written before any point runs.
+    assert set(written) <= {"multirun.yaml"}, written
+
+
+def test_the_config_reference_lists_every_range():
+    docs = Path(__file__).resolve().parents[2] / "docs" / "config.md"
+    table = docs.read_text(encoding="utf-8").split("## Value ranges", 1)[1]
+    listed = dict(re.findall(r"^\| `([^`]+)` \| (.+?) \|$", table, re.MULTILINE))
+    declared = {
+        key.replace("datasets.", "datasets[].") + ("[]" if is_list else ""): str(
+            spec.metadata[RANGE]
+        )
+        for key, spec, _, is_list in NUMERIC
+    }
+    missing = [f"| `{key}` | {allowed} |" for key, allowed in declared.items() if key not in listed]
+    assert not missing, "add to docs/config.md, Value ranges:\n" + "\n".join(missing)
+    assert listed == declared

@@ -12,14 +12,17 @@ import dataclasses
 import importlib
 import importlib.util
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
 import textwrap
+import time
 import types
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import torch
 
@@ -443,9 +446,47 @@ def test_torch_adam_fix_follows_megatron_adam():
         importlib.util.find_spec("transformer_engine") is None
         and importlib.util.find_spec("apex") is None
     )
-    assert megatron_fixes.apply() == (
-        list(megatron_fixes.FIXES) if megatron_fixes.uses_torch_adam() else []
-    )
+    adam = [megatron_fixes.TORCH_ADAM_FIX] if megatron_fixes.uses_torch_adam() else []
+    assert megatron_fixes.apply() == [*adam, megatron_fixes.RESULTS_MANAGER_FIX]
+
+
+def _start_results_manager_then_report_its_pid(out: str) -> None:
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    megatron_fixes.apply()
+    queue = filesystem_async.get_write_results_queue()
+    with open(out, "w") as f:
+        f.write(str(queue._manager._process.pid))
+    time.sleep(600)  # killed by the test
+
+
+def test_checkpoint_results_manager_dies_with_its_rank(tmp_path):
+    """kill -9 of a rank used to leave megatron's write-results Manager running for good."""
+    out = tmp_path / "manager.pid"
+    ctx = multiprocessing.get_context("spawn")
+    rank = ctx.Process(target=_start_results_manager_then_report_its_pid, args=(str(out),))
+    rank.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.exists() and out.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        manager_pid = int(out.read_text())
+        assert psutil.pid_exists(manager_pid)
+    finally:
+        rank.kill()
+        rank.join()
+    deadline = time.monotonic() + 30
+    while _running(manager_pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(manager_pid), f"the Manager (pid {manager_pid}) outlived its killed rank"
+
+
+def _running(pid: int) -> bool:
+    # An orphan is reaped by whatever init the machine has: a zombie counts as ended.
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_platform_collective_devices(monkeypatch):

@@ -2,6 +2,7 @@
 
     iter_0000200/        a complete checkpoint (dist_checkpointing format)
     iter_0000300.tmp/    a checkpoint being written (never loaded)
+    iter_0000100.corrupt/  a checkpoint that failed verification, set aside (never loaded)
     latest               text file naming the newest complete checkpoint
 
 `latest` is replaced atomically and fsynced before the rename, so a kill at
@@ -14,6 +15,8 @@ import os
 import re
 import shutil
 from pathlib import Path
+
+from chatbaker_megatron.checkpoint.manifest import ManifestError, check_files, read_manifest
 
 LATEST = "latest"
 _ITER_DIR = re.compile(r"^iter_(\d{7})$")
@@ -75,10 +78,48 @@ def remove_partial(root: str) -> None:
             shutil.rmtree(os.path.join(root, name))
 
 
+def iterations(root: str) -> list[int]:
+    """The iterations of the complete checkpoints in `root`, oldest first."""
+    return sorted(int(m.group(1)) for m in (_ITER_DIR.match(n) for n in os.listdir(root)) if m)
+
+
+def last_good(root: str) -> int | None:
+    """The newest checkpoint whose manifest says it is finite and whose files have their sizes.
+
+    Sizes only: a CRC of every file at every save would read each checkpoint again.
+    """
+    for iteration in reversed(iterations(root)):
+        path = iteration_dir(root, iteration)
+        try:
+            manifest = read_manifest(path)
+        except ManifestError:
+            continue
+        if (
+            manifest is not None
+            and manifest.finite
+            and not check_files(path, manifest, list(manifest.files), checksums=False)
+        ):
+            return iteration
+    return None
+
+
 def prune(root: str, keep_last: int) -> None:
-    """Keep the newest `keep_last` complete checkpoints."""
-    iterations = sorted(
-        int(m.group(1)) for m in (_ITER_DIR.match(n) for n in os.listdir(root)) if m
-    )
-    for iteration in iterations[:-keep_last]:
-        shutil.rmtree(iteration_dir(root, iteration))
+    """Keep the newest `keep_last` complete checkpoints, and the last good one (`last_good`).
+
+    With train.nan_policy=halt or a run that skips non-finite steps, the
+    newest checkpoints may hold a state that is not finite; the last one
+    that is stays until a newer finite one is written.
+    """
+    good = last_good(root)
+    for iteration in iterations(root)[:-keep_last]:
+        if iteration != good:
+            shutil.rmtree(iteration_dir(root, iteration))
+
+
+def set_aside(path: str) -> str:
+    """Rename a checkpoint that failed verification to `<name>.corrupt` (kept for inspection)."""
+    target = path + ".corrupt"
+    if os.path.exists(target):
+        shutil.rmtree(target)
+    os.replace(path, target)
+    return target

@@ -20,7 +20,8 @@ import torch
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
-from chatbaker_megatron.checkpoint.layout import resolve_checkpoint
+from chatbaker_megatron.checkpoint.layout import CheckpointError, resolve_checkpoint
+from chatbaker_megatron.checkpoint.manifest import describe, verify_local
 from chatbaker_megatron.checkpoint.run_config import model_config_from_dict
 from chatbaker_megatron.checkpoint.state import read_common
 from chatbaker_megatron.config.model import ModelConfig
@@ -45,6 +46,9 @@ class MegatronCheckpoint:
 
     def __init__(self, path: str | Path) -> None:
         self.path = resolve_checkpoint(path)
+        problems = verify_local(str(self.path))
+        if problems:
+            raise CheckpointError(describe(str(self.path), problems))
         ensure_process_group()
         self.common: dict[str, Any] = read_common(str(self.path))
         if not isinstance(self.common.get("config"), dict) or "model" not in self.common["config"]:

@@ -1,10 +1,16 @@
 """Write checkpoints atomically: a full training checkpoint, or model weights only.
 
-Every rank writes into `iter_N.tmp/`; after a barrier rank 0 renames it to
-`iter_N/` and then replaces `latest` (layout.write_latest). Leftover `.tmp`
-directories of killed writes are removed at the next write. Both writers
-go through `write_checkpoint`, so a checkpoint from `chatbaker import-hf`
-has the layout and common state of one from training.
+Every rank writes into `iter_N.tmp/` (megatron fsyncs each file) and
+checksums what it wrote; rank 0 writes the manifest of all of them
+(manifest.py), renames the directory to `iter_N/` and then replaces
+`latest` (layout.write_latest). Leftover `.tmp` directories of killed
+writes are removed at the next write. Before writing, rank 0 checks that
+the filesystem has room for another checkpoint the size of the previous
+one; a failed write (a full disk, a read-only filesystem) removes its
+`.tmp` and raises the same one-line CheckpointError on every rank, leaving
+the earlier checkpoints and `latest` as they were. Both writers go through
+`write_checkpoint`, so a checkpoint from `chatbaker import-hf` has the
+layout and common state of one from training.
 """
 
 from __future__ import annotations
@@ -21,13 +27,24 @@ from megatron.core.dist_checkpointing.serialization import get_default_save_shar
 from megatron.core.dist_checkpointing.strategies.fully_parallel import (
     FullyParallelSaveStrategyWrapper,
 )
+from torch.distributed.checkpoint import CheckpointException
 
+from chatbaker_megatron.checkpoint.disk import (
+    checkpoint_bytes,
+    most_telling,
+    room_problem,
+    save_failure,
+    worker_errors,
+)
 from chatbaker_megatron.checkpoint.layout import (
+    CheckpointError,
     iteration_dir,
+    iterations,
     prune,
     remove_partial,
     write_latest,
 )
+from chatbaker_megatron.checkpoint.manifest import Manifest, record_files, write_manifest
 from chatbaker_megatron.checkpoint.state import (
     OPTIMIZER_FORMAT,
     ModelAndOptimizer,
@@ -50,31 +67,88 @@ def _save_strategy() -> Any:
     )
 
 
-def write_checkpoint(
-    root: str, iteration: int, sharded: dict[str, Any], keep_last: int | None
-) -> str:
-    """Write `sharded` as root/iter_N, point `latest` at it, keep the newest `keep_last`.
+def _agree(error: str | None) -> None:
+    """Collective: every rank raises the first error any rank had, so none waits for the others."""
+    gathered: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, error)
+    first = next((e for e in gathered if e), None)
+    if first:
+        raise CheckpointError(first)
 
-    Collective: every rank must call it. `keep_last=None` removes nothing.
-    """
-    final = iteration_dir(root, iteration)
-    tmp = final + ".tmp"
-    rank0 = dist.get_rank() == 0
-    if rank0:
+
+def _prepare(root: str, final: str, tmp: str) -> str | None:
+    """Rank 0: an empty `.tmp` directory with room beside it; the problem otherwise."""
+    try:
         os.makedirs(root, exist_ok=True)
         remove_partial(root)
         if os.path.isdir(final):  # re-saving the same iteration (e.g. exit right after a save)
             shutil.rmtree(final)
-        os.makedirs(tmp)
-    dist.barrier()
-    dist_checkpointing.save(sharded, tmp, sharded_strategy=_save_strategy())
-    dist.barrier()
-    if rank0:
-        os.replace(tmp, final)
-        write_latest(root, os.path.basename(final))
-        if keep_last is not None:
-            prune(root, keep_last)
-    dist.barrier()
+        done = iterations(root)
+        problem = room_problem(root, iteration_dir(root, done[-1]) if done else None)
+        if problem is None:
+            os.makedirs(tmp)
+        return problem
+    except OSError as err:
+        return save_failure(tmp, err, _previous_bytes(root))
+
+
+def _previous_bytes(root: str) -> int | None:
+    done = iterations(root) if os.path.isdir(root) else []
+    return checkpoint_bytes(iteration_dir(root, done[-1])) if done else None
+
+
+def _publish(root: str, final: str, tmp: str, manifest: Manifest, keep_last: int | None) -> None:
+    """Rank 0: the manifest, then the rename, then `latest`, then pruning (in that order)."""
+    write_manifest(tmp, manifest)
+    os.replace(tmp, final)
+    write_latest(root, os.path.basename(final))
+    if keep_last is not None:
+        prune(root, keep_last)
+
+
+def write_checkpoint(
+    root: str,
+    iteration: int,
+    sharded: dict[str, Any],
+    keep_last: int | None,
+    *,
+    finite: bool = True,
+) -> str:
+    """Write `sharded` as root/iter_N, point `latest` at it, keep the newest `keep_last`.
+
+    `finite` records whether the saved state came from a finite step; the
+    newest finite checkpoint is never pruned. Collective: every rank must
+    call it. `keep_last=None` removes nothing.
+    """
+    final = iteration_dir(root, iteration)
+    tmp = final + ".tmp"
+    rank = dist.get_rank()
+    _agree(_prepare(root, final, tmp) if rank == 0 else None)
+    error, records = None, {}
+    with worker_errors() as logged:
+        try:
+            dist_checkpointing.save(sharded, tmp, sharded_strategy=_save_strategy())
+            records = record_files(tmp, rank)
+        # megatron raises torch's CheckpointException (a BaseException) on every rank of a
+        # failed write; the coordinator's names the failed ranks.
+        except (Exception, CheckpointException) as err:
+            log.debug("checkpoint write failed", exc_info=True)
+            error = save_failure(tmp, err, _previous_bytes(root), logged)
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (error, records))
+    errors = [e for e, _ in gathered if e]
+    error = most_telling(errors) if errors else None
+    if error is None and rank == 0:
+        manifest = Manifest(iteration, finite)
+        for _, rank_records in gathered:
+            manifest.files.update(rank_records)
+        try:
+            _publish(root, final, tmp, manifest, keep_last)
+        except OSError as err:
+            error = save_failure(tmp, err, manifest.total_bytes)
+    if error is not None and rank == 0 and os.path.isdir(tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+    _agree(error)
     return final
 
 
@@ -84,10 +158,12 @@ def save_checkpoint(
     state: TrainState,
     config: dict[str, Any],
     keep_last: int,
+    finite: bool = True,
 ) -> str:
     """Everything needed to resume this iteration bit-exactly, at any TP/PP/DP.
 
-    Collective: every rank must call it.
+    `finite`: whether the step that led to this state had a finite loss and
+    gradient norm. Collective: every rank must call it.
     """
     # A seed checkpoint (0 iterations) has an optimizer without state yet.
     materialize_optimizer_state(parts)
@@ -96,8 +172,8 @@ def save_checkpoint(
     sharded["scheduler"] = parts.scheduler.state_dict()
     sharded |= common_state(config, state, optimizer_kind(parts))
     sharded["rng_state"] = rng_sharded_object()
-    final = write_checkpoint(root, state.iteration, sharded, keep_last)
-    log.info("saved checkpoint %s", final)
+    final = write_checkpoint(root, state.iteration, sharded, keep_last, finite=finite)
+    log.info("saved checkpoint %s%s", final, "" if finite else " (marked non-finite)")
     return final
 
 

@@ -43,6 +43,12 @@ class TrainState:
     consumed_samples: int = 0
     consumed_valid_samples: int = 0
     skipped_steps: int = 0
+    # Loss-spike policy (training/health.py): updates skipped as spikes, and the
+    # running mean of accepted losses with how many it has seen, so a resumed
+    # run judges spikes as the uninterrupted one would.
+    skipped_spikes: int = 0
+    loss_ema: float | None = None
+    loss_ema_steps: int = 0
 
 
 class ModelAndOptimizer(Protocol):

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chatbaker_megatron.config.checks import bounded
+
 
 @dataclass
 class CheckpointConfig:
     # Directory of iter_NNNNNNN checkpoints and the `latest` marker; null = <run_dir>/checkpoints.
     dir: str | None = None
-    save_interval: int | None = 100  # iterations; null = only at the end / on exit
-    keep_last: int = 2  # older checkpoints are deleted after a newer one is complete
+    save_interval: int | None = bounded(100, ge=1)  # iterations; null = only at the end / on exit
+    keep_last: int = bounded(2, ge=1)  # older checkpoints are deleted after a newer one is complete
     # Resume from `<dir>/latest` when it exists.
     auto_resume: bool = True
+    # When the checkpoint to resume fails verification against its manifest (a missing,
+    # truncated or corrupted shard), resume from the previous complete one instead of stopping.
+    fallback: bool = True
     save_on_exit: bool = True

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from chatbaker_megatron.config.checks import bounded
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -15,23 +17,33 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 class AcceleratorSpec:
     name: str = "cpu"
     # Dense peak of one device at the run's precision, in TFLOP/s.
-    peak_tflops: float = 0.192
-    memory_gib: float = 24.0
-    memory_bandwidth_gbs: float = 40.0  # GB/s, device memory
+    peak_tflops: float = bounded(0.192, gt=0)
+    memory_gib: float = bounded(24.0, gt=0)
+    memory_bandwidth_gbs: float = bounded(40.0, gt=0)  # GB/s, device memory
 
 
 @dataclass
 class ClusterConfig:
     name: str = "local_cpu"
-    nodes: int = 1
+    nodes: int = bounded(1, ge=1)
     # Processes per node; one per GPU on GPU clusters.
-    devices_per_node: int = 2
+    devices_per_node: int = bounded(2, ge=1)
     precision: str = "fp32"
     device: AcceleratorSpec = field(default_factory=AcceleratorSpec)
     # Per-direction bandwidth one device gets, in GB/s: inside a node
     # (NVLink/NVSwitch) and across nodes (its share of the node's NICs).
-    intra_node_bandwidth_gbs: float = 10.0
-    inter_node_bandwidth_gbs: float = 10.0
+    intra_node_bandwidth_gbs: float = bounded(10.0, gt=0)
+    inter_node_bandwidth_gbs: float = bounded(10.0, gt=0)
+    # Timeout of every collective (process groups, megatron's
+    # --distributed-timeout-minutes): a collective that does not return by
+    # then fails the rank (gloo raises; NCCL aborts and dumps its flight
+    # recorder to <run_dir>/hangs/).
+    distributed_timeout_minutes: int = bounded(30, ge=1)
+    # GPU pre-flight before training (platform/preflight.py; skipped on CPU):
+    # a bf16 GEMM per GPU and an all-reduce per node; a GPU or node below the
+    # median of its peers divided by the factor is named in a warning.
+    preflight: bool = True
+    preflight_slow_factor: float = bounded(1.25, gt=1)
     sources: str = ""
 
     @property

@@ -8,11 +8,12 @@ Sequence length and seed are training settings and live in the `train` group.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from chatbaker_megatron.config.checks import bounded, check_ranges
 
 DATA_KINDS = ("pretrain", "sft")
 CACHE_MODES = ("node_local", "shared")
@@ -34,7 +35,7 @@ class DatasetConfig:
     # Relative sampling weight; weights are normalised over the blend. Using
     # token counts (e.g. 100 for 100B Korean, 1000 for 1T English tokens)
     # samples every dataset in proportion to its size.
-    weight: float = 1.0
+    weight: float = bounded(1.0, gt=0)
 
 
 @dataclass
@@ -52,9 +53,9 @@ class SFTConfig:
     # the sequence length, as FastChat does.
     packing: bool = True
     # Fraction of conversations held out for validation, chosen by the seed.
-    valid_fraction: float = 0.02
+    valid_fraction: float = bounded(0.02, ge=0, lt=1)
     # Passes over the training conversations; each pass is reshuffled.
-    epochs: int = 3
+    epochs: int = bounded(3, ge=1)
 
 
 @dataclass
@@ -74,7 +75,7 @@ class DataConfig:
     # Pretraining blend.
     datasets: list[DatasetConfig] = field(default_factory=list)
     # Train/valid/test proportions of every dataset's documents.
-    split: list[float] = field(default_factory=lambda: [98.0, 1.0, 1.0])
+    split: list[float] = bounded(default_factory=lambda: [98.0, 1.0, 1.0], ge=0)  # each part
     # Where megatron's sample index cache goes; null means `<root>/index_cache`.
     cache_dir: str | None = None
     # `node_local`: every node builds the cache itself under
@@ -108,6 +109,7 @@ def validate_data_config(cfg: Any) -> None:
     when the datasets are built, since `prepare_demo` may create them first;
     a template YAML file's contents, where the template is loaded.
     """
+    check_ranges(cfg, "data.")
     if cfg.kind not in DATA_KINDS:
         _fail("kind", cfg.kind, f"one of {', '.join(DATA_KINDS)}")
     if not cfg.tokenizer:
@@ -127,17 +129,12 @@ def _validate_pretrain(cfg: Any) -> None:
     for i, dataset in enumerate(cfg.datasets):
         if not dataset.path:
             _fail(f"datasets[{i}].path", dataset.path, "an indexed dataset prefix")
-        if not (math.isfinite(dataset.weight) and dataset.weight > 0):
-            _fail(f"datasets[{i}].weight", dataset.weight, "> 0")
         if dataset.name and dataset.name in names:
             _fail(f"datasets[{i}].name", dataset.name, "a name not used by another dataset")
         names.add(dataset.name)
     split = list(cfg.split)
     if len(split) != 3:
         _fail("split", split, "3 numbers (train, valid, test)")
-    for i, part in enumerate(split):
-        if not (math.isfinite(part) and part >= 0):
-            _fail(f"split[{i}]", part, ">= 0")
     if split[0] <= 0:
         _fail("split[0]", split[0], "> 0 (the train split cannot be empty)")
 
@@ -153,7 +150,3 @@ def _validate_sft(sft: Any) -> None:
             f"data.sft.template={sft.template!r}: unknown chat template {sft.template!r}: "
             f"expected one of {', '.join(CHAT_TEMPLATES)} or a template .yaml file"
         )
-    if not 0 <= sft.valid_fraction < 1:
-        _fail("sft.valid_fraction", sft.valid_fraction, "0 <= fraction < 1")
-    if sft.epochs < 1:
-        _fail("sft.epochs", sft.epochs, ">= 1")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from chatbaker_megatron.config.checks import bounded
+
 
 @dataclass
 class WandbConfig:
@@ -15,6 +17,6 @@ class WandbConfig:
 
 @dataclass
 class LoggingConfig:
-    log_interval: int = 10  # iterations between metric lines / metrics.jsonl records
+    log_interval: int = bounded(10, ge=1)  # iterations between metric lines / metrics.jsonl records
     tensorboard: bool = True
     wandb: WandbConfig = field(default_factory=WandbConfig)

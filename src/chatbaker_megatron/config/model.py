@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from chatbaker_megatron.config.checks import bounded
+
 KERNEL_BACKENDS = ("auto", "te", "flash", "apex", "cuda", "triton", "torch")
 
 
@@ -25,22 +27,22 @@ class ModelConfig:
     """A LLaMA-architecture decoder: RMSNorm pre-norm, RoPE, SwiGLU, no biases, untied embeddings."""
 
     name: str = "tiny"
-    num_layers: int = 4
-    hidden_size: int = 128
-    num_attention_heads: int = 4
+    num_layers: int = bounded(4, ge=1)
+    hidden_size: int = bounded(128, ge=1)
+    num_attention_heads: int = bounded(4, ge=1)
     # Number of key/value heads (GQA); null means one KV head per query head (MHA).
-    num_query_groups: int | None = None
-    ffn_hidden_size: int = 352
+    num_query_groups: int | None = bounded(None, ge=1)
+    ffn_hidden_size: int = bounded(352, ge=1)
     # The tokenizer's vocabulary, stated for the planner (which has no tokenizer);
     # null takes it from the tokenizer. A model is always built for its
     # tokenizer: a stated size that differs is an error (`check_vocab_size`).
     # The embedding is padded to a multiple of make_vocab_size_divisible_by * TP.
-    vocab_size: int | None = None
-    make_vocab_size_divisible_by: int = 128
-    max_position_embeddings: int = 2048
-    norm_epsilon: float = 1e-6
-    rotary_base: float = 10000.0
-    init_method_std: float = 0.02
+    vocab_size: int | None = bounded(None, ge=1)
+    make_vocab_size_divisible_by: int = bounded(128, ge=1)
+    max_position_embeddings: int = bounded(2048, ge=1)
+    norm_epsilon: float = bounded(1e-6, gt=0)
+    rotary_base: float = bounded(10000.0, gt=1)
+    init_method_std: float = bounded(0.02, gt=0)
     kernels: KernelsConfig = field(default_factory=KernelsConfig)
 
     @property

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chatbaker_megatron.config.checks import bounded
+
 LR_DECAY_STYLES = ("cosine", "linear", "constant")
 
 
@@ -11,20 +13,20 @@ LR_DECAY_STYLES = ("cosine", "linear", "constant")
 class OptimConfig:
     """Adam (megatron-core's optimizer: fp32 main params, grad clipping, ZeRO-1 when enabled)."""
 
-    lr: float = 3e-4
-    min_lr: float = 3e-5
-    weight_decay: float = 0.1
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-8
-    clip_grad: float = 1.0  # global grad-norm clip; 0 disables clipping
+    lr: float = bounded(3e-4, gt=0)
+    min_lr: float = bounded(3e-5, ge=0)  # and <= lr (schema.validate)
+    weight_decay: float = bounded(0.1, ge=0)
+    adam_beta1: float = bounded(0.9, ge=0, lt=1)
+    adam_beta2: float = bounded(0.95, ge=0, lt=1)
+    adam_eps: float = bounded(1e-8, gt=0)
+    clip_grad: float = bounded(1.0, ge=0)  # global grad-norm clip; 0 disables clipping
     # Warmup: a fraction of the training iterations (warmup_ratio) or a count
     # (warmup_iters); set at most one of them.
-    warmup_ratio: float | None = None
-    warmup_iters: int | None = None
+    warmup_ratio: float | None = bounded(None, ge=0, lt=1)
+    warmup_iters: int | None = bounded(None, ge=0)
     decay_style: str = "cosine"
     # Iterations over which lr decays to min_lr; null = the whole run.
-    decay_iters: int | None = None
+    decay_iters: int | None = bounded(None, ge=1)
     # fp16 only: the dynamic loss scale to start from (megatron's default;
     # it halves after overflowing steps, which are skipped).
-    initial_loss_scale: float = 2.0**32
+    initial_loss_scale: float = bounded(2.0**32, ge=1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chatbaker_megatron.config.checks import bounded
+
 RECOMPUTE_MODES = ("none", "selective", "full")
 
 
@@ -14,19 +16,21 @@ class ParallelConfig:
     The data-parallel size is what is left of the world: world / (tp * pp * cp).
     """
 
-    tp: int = 1  # tensor parallel size
+    tp: int = bounded(1, ge=1)  # tensor parallel size
     sp: bool = False  # sequence parallel (needs tp > 1)
-    pp: int = 1  # pipeline parallel size
-    vpp: int | None = None  # virtual pipeline stages (model chunks) per pipeline rank
-    cp: int = 1  # context parallel size (only 1 is supported for now)
+    pp: int = bounded(1, ge=1)  # pipeline parallel size
+    vpp: int | None = bounded(
+        None, ge=1
+    )  # virtual pipeline stages (model chunks) per pipeline rank
+    cp: int = bounded(1, ge=1)  # context parallel size (only 1 is supported for now)
     # Expected data-parallel size; null derives it from the world size. When
     # set, a world size that does not give this DP is an error.
-    dp: int | None = None
-    micro_batch_size: int = 1
+    dp: int | None = bounded(None, ge=1)
+    micro_batch_size: int = bounded(1, ge=1)
     # Activation recompute: none | selective (core attention) | full (whole layers).
     recompute: str = "none"
     # With recompute=full: layers per recomputed block (uniform method).
-    recompute_num_layers: int = 1
+    recompute_num_layers: int = bounded(1, ge=1)
     # ZeRO-1: shard the fp32 main params and optimizer state over data-parallel ranks.
     distributed_optimizer: bool = False
     # Overlap the DP grad reduce-scatter/all-reduce with backward (CUDA only;

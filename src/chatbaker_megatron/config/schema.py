@@ -2,9 +2,11 @@
 
 Each Hydra group has one dataclass (config/<group>.py); `RunConfig` ties them
 together. Hydra merges the YAML files onto these dataclasses, so a wrong
-type or an unknown key fails at compose time; `validate` then checks the
+type fails at compose time; `to_run_config` refuses keys the schema lacks
+(`+train.foo=1`, which Hydra adds even in struct mode); `validate` checks
+every numeric key against its declared range (config/checks.py), then the
 combinations no single group can (heads vs TP, layers vs PP*VPP, batch vs
-micro batch * DP, ...). Both run before any process group starts.
+micro batch * DP, ...). All run before any process group starts.
 """
 
 from __future__ import annotations
@@ -17,17 +19,15 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from chatbaker_megatron.config.checkpoint import CheckpointConfig
+from chatbaker_megatron.config.checks import ConfigError, check_known_keys, check_ranges
 from chatbaker_megatron.config.cluster import PRECISIONS, ClusterConfig
 from chatbaker_megatron.config.data import DataConfig, validate_data_config
+from chatbaker_megatron.config.launch import LaunchConfig
 from chatbaker_megatron.config.logging import LoggingConfig
 from chatbaker_megatron.config.model import KERNEL_BACKENDS, ModelConfig
 from chatbaker_megatron.config.optim import LR_DECAY_STYLES, OptimConfig
 from chatbaker_megatron.config.parallel import RECOMPUTE_MODES, ParallelConfig
-from chatbaker_megatron.config.train import NAN_POLICIES, TrainConfig
-
-
-class ConfigError(ValueError):
-    """An impossible or inconsistent configuration; the message names the key."""
+from chatbaker_megatron.config.train import NAN_POLICIES, SPIKE_POLICIES, TrainConfig
 
 
 @dataclass
@@ -43,6 +43,8 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # torchrun's restart budget and monitoring (docs/training.md "When things fail").
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
 
 def register() -> None:
@@ -69,13 +71,14 @@ def train_iters(train: Any) -> int:
 def validate(cfg: Any, world_size: int | None = None) -> None:
     """Check a composed RunConfig; raise ConfigError naming the offending key.
 
-    `world_size` defaults to the cluster's nodes * devices_per_node.
+    `world_size` defaults to the cluster's nodes * devices_per_node. Every
+    numeric key is first checked against its declared range, so the
+    combinations below never see a zero or negative size.
     """
+    check_ranges(cfg)
     model, par, cluster, train, optim = cfg.model, cfg.parallel, cfg.cluster, cfg.train, cfg.optim
     world = cluster.nodes * cluster.devices_per_node if world_size is None else world_size
 
-    for key in ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size"):
-        _require(getattr(model, key) > 0, f"model.{key}", getattr(model, key), "expected > 0")
     _require(
         model.hidden_size % model.num_attention_heads == 0,
         "model.hidden_size",
@@ -92,8 +95,6 @@ def validate(cfg: Any, world_size: int | None = None) -> None:
     _one_of("model.kernels.attention", model.kernels.attention, KERNEL_BACKENDS)
     _one_of("model.kernels.norm", model.kernels.norm, KERNEL_BACKENDS)
 
-    for key in ("tp", "pp", "micro_batch_size", "recompute_num_layers"):
-        _require(getattr(par, key) >= 1, f"parallel.{key}", getattr(par, key), "expected >= 1")
     _require(par.cp == 1, "parallel.cp", par.cp, "only context parallel size 1 is supported")
     _one_of("parallel.recompute", par.recompute, RECOMPUTE_MODES)
     _require(
@@ -129,7 +130,6 @@ def validate(cfg: Any, world_size: int | None = None) -> None:
     )
     if par.vpp is not None:
         _require(par.pp > 1, "parallel.vpp", par.vpp, "virtual stages need parallel.pp > 1")
-        _require(par.vpp >= 1, "parallel.vpp", par.vpp, "expected >= 1 (or null)")
     stages = par.pp * (par.vpp or 1)
     _require(
         model.num_layers % stages == 0,
@@ -138,7 +138,6 @@ def validate(cfg: Any, world_size: int | None = None) -> None:
         f"must be divisible by parallel.pp * parallel.vpp = {stages}",
     )
 
-    _require(train.seq_length > 0, "train.seq_length", train.seq_length, "expected > 0")
     _require(
         train.seq_length <= model.max_position_embeddings,
         "train.seq_length",
@@ -173,14 +172,20 @@ def validate(cfg: Any, world_size: int | None = None) -> None:
         train.train_iters,
         f"set exactly one of train.train_iters and train.train_tokens (train_tokens={train.train_tokens})",
     )
-    # 0 iterations is allowed: it writes the initial weights as a "seed
-    # checkpoint" that runs at any topology can start from (train.init_from).
-    _require(train_iters(train) >= 0, "train.train_iters", train_iters(train), "expected >= 0")
     _one_of("train.nan_policy", train.nan_policy, NAN_POLICIES)
-
-    _require(optim.lr > 0, "optim.lr", optim.lr, "expected > 0")
+    _one_of("train.spike_policy", train.spike_policy, SPIKE_POLICIES)
     _require(
-        0 <= optim.min_lr <= optim.lr, "optim.min_lr", optim.min_lr, "expected 0 <= min_lr <= lr"
+        train.fault_injection.rank < world,
+        "train.fault_injection.rank",
+        train.fault_injection.rank,
+        f"expected a rank of the world of {world}",
+    )
+
+    _require(
+        optim.min_lr <= optim.lr,
+        "optim.min_lr",
+        optim.min_lr,
+        f"expected <= optim.lr={optim.lr}",
     )
     _one_of("optim.decay_style", optim.decay_style, LR_DECAY_STYLES)
     _require(
@@ -189,13 +194,6 @@ def validate(cfg: Any, world_size: int | None = None) -> None:
         optim.warmup_ratio,
         f"set at most one of optim.warmup_ratio and optim.warmup_iters (={optim.warmup_iters})",
     )
-    if optim.warmup_ratio is not None:
-        _require(
-            0 <= optim.warmup_ratio < 1,
-            "optim.warmup_ratio",
-            optim.warmup_ratio,
-            "expected in [0, 1)",
-        )
 
     iters = train_iters(train)
     warmup = (
@@ -213,12 +211,6 @@ def validate(cfg: Any, world_size: int | None = None) -> None:
         )
 
     _one_of("cluster.precision", cluster.precision, PRECISIONS)
-    _require(
-        cfg.checkpoint.keep_last >= 1,
-        "checkpoint.keep_last",
-        cfg.checkpoint.keep_last,
-        "expected >= 1",
-    )
     try:
         validate_data_config(cfg.data)
     except ValueError as err:
@@ -227,6 +219,7 @@ def validate(cfg: Any, world_size: int | None = None) -> None:
 
 def to_run_config(cfg: DictConfig) -> RunConfig:
     """A composed Hydra config as a validated RunConfig object."""
+    check_known_keys(cfg, RunConfig)
     run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     validate(run)
     return run

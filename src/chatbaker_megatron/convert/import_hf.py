@@ -226,7 +226,15 @@ def run(args: argparse.Namespace) -> int:
         ]
         if args.no_progress:
             argv.append("--no-progress")
-        code = run_torchrun(1, world, "chatbaker_megatron.convert.import_hf", argv)
+        # A failed conversion is rerun by hand (it writes nothing until complete): no restarts.
+        code = run_torchrun(
+            1,
+            world,
+            "chatbaker_megatron.convert.import_hf",
+            argv,
+            max_restarts=0,
+            monitor_interval=1.0,
+        )
         if code:
             print(f"import-hf failed (torchrun exit code {code})", file=sys.stderr)
         return code

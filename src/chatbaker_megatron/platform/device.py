@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import importlib.util
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +78,44 @@ class Platform:
         if store is not None:
             kwargs.update(store=store, rank=rank, world_size=world_size)
         dist.init_process_group(**kwargs)
+
+    def enable_collective_trace(self, dump_prefix: str) -> None:
+        """Have NCCL record its recent collectives and dump them to `dump_prefix`<rank> on a timeout.
+
+        NCCL's flight recorder, configured through the environment before the
+        process group starts (values already set win); gloo has none.
+        """
+        if self.backend != "nccl":
+            return
+        os.makedirs(os.path.dirname(dump_prefix), exist_ok=True)
+        os.environ.setdefault("TORCH_NCCL_TRACE_BUFFER_SIZE", "2000")
+        os.environ.setdefault("TORCH_NCCL_DUMP_ON_TIMEOUT", "1")
+        os.environ.setdefault("TORCH_NCCL_DEBUG_INFO_TEMP_FILE", dump_prefix)
+
+    def dump_collective_trace(self, path: str) -> bool:
+        """Write NCCL's flight recorder (pickled, as on a timeout) to `path`; False on gloo."""
+        if self.backend != "nccl":
+            return False
+        from torch._C._distributed_c10d import _dump_nccl_trace
+
+        with open(path, "wb") as f:
+            f.write(_dump_nccl_trace())
+        return True
+
+    def timestamp(self) -> Any:
+        """A point in this process's compute stream: a recorded CUDA event on GPU, else a clock reading."""
+        if self.is_cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def seconds_between(self, start: Any, end: Any) -> float:
+        """Device time between two `timestamp()`s (waits for the later one on GPU)."""
+        if self.is_cuda:
+            end.synchronize()
+            return start.elapsed_time(end) / 1000.0
+        return end - start
 
     def host_group(self, timeout: datetime.timedelta) -> Any:
         """A gloo group over all ranks for host-side waits longer than the NCCL timeout.

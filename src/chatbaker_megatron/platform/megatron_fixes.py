@@ -11,18 +11,32 @@ with it:
 A GPU machine without TE/apex (a plain PyTorch image) hits them exactly as
 the CPU does, so these apply on every device, only when megatron's Adam is
 torch's.
+
+dist_checkpointing collects write results through a multiprocessing Manager,
+a server process started on a rank's first save that never notices its rank
+dying: every rank killed by kill -9 (and every in-job restart after one)
+left it running for good (~570 MB each). It now dies with its rank.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib
+import multiprocessing
+import os
+import signal
+import sys
+from multiprocessing.managers import SyncManager
 from typing import Any
 
 import torch
 
 _applied: list[str] = []
 
-FIXES = ("torch-Adam step on reshardable load",)
+TORCH_ADAM_FIX = "torch-Adam step on reshardable load"
+RESULTS_MANAGER_FIX = "checkpoint write-results Manager dies with its rank"
+FIXES = (TORCH_ADAM_FIX, RESULTS_MANAGER_FIX)
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def uses_torch_adam() -> bool:
@@ -52,13 +66,41 @@ def _fix_torch_adam_step_on_load() -> None:
     optimizer_cls.load_state_dict = load_state_dict_unsharing_step
 
 
+def _die_with(parent_pid: int) -> None:
+    """Runs first in the Manager's server process: be killed when the rank ends."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the rank died before prctl took effect
+        os._exit(1)
+
+
+def _fix_results_manager_outliving_its_rank() -> None:
+    fs_async = importlib.import_module(
+        "megatron.core.dist_checkpointing.strategies.filesystem_async"
+    )
+
+    def get_write_results_queue(mp_mode: str = "spawn") -> Any:
+        if fs_async._results_queue is None:
+            # What megatron's `ctx.Manager().Queue()` does, plus the initializer.
+            manager = SyncManager(ctx=multiprocessing.get_context(mp_mode))
+            manager.start(initializer=_die_with, initargs=(os.getpid(),))
+            fs_async._results_queue = manager.Queue()
+        return fs_async._results_queue
+
+    fs_async.get_write_results_queue = get_write_results_queue
+
+
 def applied_fixes() -> list[str]:
     return list(_applied)
 
 
 def apply() -> list[str]:
     """Apply the fixes this process needs (idempotent); returns their names."""
-    if not _applied and uses_torch_adam():
-        _fix_torch_adam_step_on_load()
-        _applied.extend(FIXES)
+    if not _applied:
+        if uses_torch_adam():
+            _fix_torch_adam_step_on_load()
+            _applied.append(TORCH_ADAM_FIX)
+        _fix_results_manager_outliving_its_rank()
+        _applied.append(RESULTS_MANAGER_FIX)
     return applied_fixes()

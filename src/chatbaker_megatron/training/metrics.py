@@ -1,6 +1,11 @@
-"""Training metrics: metrics.jsonl, TensorBoard, W&B, and the progress log line.
+"""The run's records: config.yaml, metrics.jsonl, TensorBoard, W&B, and the progress line.
 
-Only rank 0 writes. Throughput figures are computed, never assumed:
+Only rank 0 writes, and only once the run has started (after the resume
+checks), so a refused resume leaves the run dir as it was. A resume from
+iteration N re-runs the iterations after N: their rows from the earlier
+attempt move to metrics.rerun.jsonl, so metrics.jsonl keeps one row per
+iteration (the ones this history produced), and TensorBoard drops its events
+after N (`purge_step`). Throughput figures are computed, never assumed:
 - tokens/s = global batch * seq length * steps / wall seconds (all tokens the
   model processed, padding included);
 - TFLOP/s per device = model FLOPs per token (model/sizes.py, no recompute) *
@@ -17,7 +22,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from omegaconf import OmegaConf
+
 log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+RERUN_FILE = "metrics.rerun.jsonl"
 
 
 @dataclass
@@ -46,11 +56,70 @@ def _format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
+def _replace_file(path: str, text: str) -> None:
+    """Write `path` whole or not at all (temp file, fsync, rename)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def set_aside_rerun_rows(path: str, start_iteration: int) -> int:
+    """Move rows of iterations after `start_iteration` from `path` to metrics.rerun.jsonl.
+
+    Called when a run (re)starts at `start_iteration`: those iterations are
+    about to run again, so the earlier attempt's rows are kept apart, each
+    marked `resumed_from`, instead of appearing twice. Rows without an
+    iteration stay; a torn line (a writer killed mid-row) moves as it is.
+    Returns the number of rows moved.
+    """
+    if not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f.read().splitlines() if line.strip()]
+    kept, moved = [], []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            moved.append(line)
+            continue
+        iteration = record.get("iteration") if isinstance(record, dict) else None
+        if iteration is not None and iteration > start_iteration:
+            moved.append(json.dumps({**record, "resumed_from": start_iteration}))
+        else:
+            kept.append(line)
+    if not moved:
+        return 0
+    # Appended before the rewrite: a crash in between duplicates rows in
+    # the rerun file at worst, never loses one.
+    with open(os.path.join(os.path.dirname(path), RERUN_FILE), "a", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in moved))
+        f.flush()
+        os.fsync(f.fileno())
+    _replace_file(path, "".join(line + "\n" for line in kept))
+    return len(moved)
+
+
 class MetricsLogger:
-    """Writes one record per logged step; a no-op on ranks other than 0."""
+    """Writes config.yaml and one record per logged step; a no-op on ranks other than 0.
+
+    Create it once the run has started at `start_iteration` (0, or the
+    iteration resumed from): it rewrites config.yaml and sets aside the rows
+    of iterations about to be re-run.
+    """
 
     def __init__(
-        self, run_dir: str, *, enabled: bool, tensorboard: bool, wandb_cfg: Any, config: dict
+        self,
+        run_dir: str,
+        *,
+        enabled: bool,
+        tensorboard: bool,
+        wandb_cfg: Any,
+        config: dict,
+        start_iteration: int,
     ):
         self.enabled = enabled
         self._tb = None
@@ -59,11 +128,25 @@ class MetricsLogger:
         if not enabled:
             return
         os.makedirs(run_dir, exist_ok=True)
-        self._jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")  # noqa: SIM115
+        _replace_file(os.path.join(run_dir, "config.yaml"), OmegaConf.to_yaml(config))
+        metrics_path = os.path.join(run_dir, METRICS_FILE)
+        moved = set_aside_rerun_rows(metrics_path, start_iteration)
+        if moved:
+            log.info(
+                "%s: %d rows of iterations after %d (re-run from there) moved to %s",
+                metrics_path,
+                moved,
+                start_iteration,
+                RERUN_FILE,
+            )
+        self._jsonl = open(metrics_path, "a", encoding="utf-8")  # noqa: SIM115
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+            # Hides the earlier attempt's events after start_iteration, as above.
+            self._tb = SummaryWriter(
+                os.path.join(run_dir, "tensorboard"), purge_step=start_iteration + 1
+            )
         if wandb_cfg.enabled:
             import wandb
 

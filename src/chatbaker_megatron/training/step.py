@@ -14,6 +14,7 @@ and data-parallel ranks.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -35,10 +36,11 @@ class StepResult:
     tokens: int  # unmasked tokens in the global batch
     grad_norm: float | None  # None for evaluation steps
     update_successful: bool
+    spike: bool = False  # the update was skipped because `accept_loss` refused the loss
 
 
-def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
-    losses = output_tensor.float().reshape(-1)
+def _loss_func(loss_mask: torch.Tensor, loss_multiplier: float, output_tensor: torch.Tensor):
+    losses = output_tensor.float().reshape(-1) * loss_multiplier
     mask = loss_mask.float().reshape(-1)
     loss_sum = torch.sum(losses * mask)
     tokens = mask.sum().to(torch.int)
@@ -66,7 +68,7 @@ def _packed(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Pa
     )
 
 
-def _forward_step(data_iterator, model):
+def _forward_step(data_iterator, model, loss_multiplier: float = 1.0):
     batch = next(data_iterator)
     packed = None
     if "cu_seqlens" in batch:
@@ -78,7 +80,7 @@ def _forward_step(data_iterator, model):
         labels=batch["labels"],
         packed_seq_params=packed,
     )
-    return output, partial(_loss_func, batch["loss_mask"])
+    return output, partial(_loss_func, batch["loss_mask"], loss_multiplier)
 
 
 def _sequence_shape(micro_batches: list[dict[str, torch.Tensor]]) -> tuple[int, int]:
@@ -104,13 +106,16 @@ def _global_loss(losses_reduced: list[dict], engine: Engine) -> tuple[float, int
 
 
 def _run_schedule(
-    engine: Engine, micro_batches: list[dict[str, torch.Tensor]], forward_only: bool
+    engine: Engine,
+    micro_batches: list[dict[str, torch.Tensor]],
+    forward_only: bool,
+    loss_multiplier: float = 1.0,
 ) -> list[dict]:
     seq_length, micro_batch_size = _sequence_shape(micro_batches)
     # Every chunk (virtual stage) pulls the same micro-batches in order.
     iterators = [iter(micro_batches) for _ in engine.chunks]
     return get_forward_backward_func()(
-        forward_step_func=_forward_step,
+        forward_step_func=partial(_forward_step, loss_multiplier=loss_multiplier),
         data_iterator=iterators if len(iterators) > 1 else iterators[0],
         model=engine.chunks if len(engine.chunks) > 1 else engine.chunks[0],
         num_microbatches=len(micro_batches),
@@ -133,43 +138,63 @@ def _clip(optimizer: MegatronOptimizer, grad_norm: float) -> None:
             )
 
 
-def _optimizer_step(engine: Engine, loss: float) -> tuple[bool, float | None]:
-    """megatron's optimizer step, skipped when the loss or the grad norm is not finite.
+def _optimizer_step(
+    engine: Engine, loss: float, accept_loss: Callable[[float], bool]
+) -> tuple[bool, float | None, bool]:
+    """megatron's optimizer step, skipped when the loss or the grad norm is not finite
+    or `accept_loss` refuses the loss (a spike); returns (applied, grad norm, spike).
 
     The parts of megatron's `step()` in its order, each once: prepare_grads
     (fp16: unscale the grads and update the loss scale; skip on inf/NaN),
     the global grad norm (one reduction, one host sync), then, only when the
-    loss and the norm are finite, clipping by that norm and the update.
+    loss and the norm are finite and the loss is accepted, clipping by that
+    norm and the update. The loss is the same on every rank, so all decide alike.
     """
     optimizer = engine.optimizer
     if optimizer.prepare_grads():
-        return False, None
+        return False, None, False
     grad_norm = float(optimizer.get_grad_norm())
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-        return False, grad_norm
+        return False, grad_norm, False
+    if not accept_loss(loss):
+        return False, grad_norm, True
     _clip(optimizer, grad_norm)
-    return bool(optimizer.step_with_ready_grads()), grad_norm
+    return bool(optimizer.step_with_ready_grads()), grad_norm, False
 
 
 def train_step(
-    engine: Engine, micro_batches: list[dict[str, torch.Tensor]], *, global_batch_size: int
+    engine: Engine,
+    micro_batches: list[dict[str, torch.Tensor]],
+    *,
+    global_batch_size: int,
+    accept_loss: Callable[[float], bool] = lambda loss: True,
+    loss_multiplier: float = 1.0,
 ) -> StepResult:
     """Forward and backward over the global batch, then one optimizer and LR-schedule step.
 
-    A non-finite loss or gradient norm leaves the weights and the schedule
-    untouched (`update_successful` False); the caller applies the NaN policy.
+    A non-finite loss or gradient norm, or a finite loss that `accept_loss`
+    refuses (the spike policy), leaves the weights and the schedule untouched
+    (`update_successful` False; `spike` tells which); the caller applies its
+    policy. `loss_multiplier` scales the loss and so the gradients (fault
+    injection of a spike).
     """
     for chunk in engine.chunks:
         chunk.train()
         chunk.zero_grad_buffer()
     engine.optimizer.zero_grad()
-    losses_reduced = _run_schedule(engine, micro_batches, forward_only=False)
+    losses_reduced = _run_schedule(
+        engine, micro_batches, forward_only=False, loss_multiplier=loss_multiplier
+    )
     loss, tokens = _global_loss(losses_reduced, engine)
-    update_successful, grad_norm = _optimizer_step(engine, loss)
+    update_successful, grad_norm, spike = _optimizer_step(engine, loss, accept_loss)
     if update_successful:
         engine.scheduler.step(increment=global_batch_size)
     return StepResult(
-        loss=loss, tokens=tokens, grad_norm=grad_norm, update_successful=update_successful
+        loss=loss,
+        tokens=tokens,
+        grad_norm=grad_norm,
+        update_successful=update_successful,
+        spike=spike,
     )
 
 

@@ -21,22 +21,33 @@ import torch
 import torch.distributed as dist
 
 from chatbaker_megatron import parallel
-from chatbaker_megatron.checkpoint.layout import iteration_dir, latest_checkpoint
-from chatbaker_megatron.checkpoint.load import load_checkpoint
+from chatbaker_megatron.checkpoint.layout import iteration_dir, last_good, latest_checkpoint
+from chatbaker_megatron.checkpoint.load import load_checkpoint, resume_checkpoint
 from chatbaker_megatron.checkpoint.save import save_checkpoint
 from chatbaker_megatron.checkpoint.state import TrainState
 from chatbaker_megatron.config.schema import RunConfig, train_iters
 from chatbaker_megatron.model.sizes import model_flops_per_token
+from chatbaker_megatron.platform.preflight import run_preflight
+from chatbaker_megatron.training import faults
 from chatbaker_megatron.training.batches import global_batch
 from chatbaker_megatron.training.data import TrainingData, build_training_data
 from chatbaker_megatron.training.engine import Engine, build_engine
+from chatbaker_megatron.training.health import (
+    ComputeTimer,
+    SpikeDetector,
+    StragglerDetector,
+    gather_rank_times,
+    step_time_figures,
+)
 from chatbaker_megatron.training.metrics import (
     MetricsLogger,
     ProgressClock,
     Throughput,
     progress_line,
 )
+from chatbaker_megatron.training.restarts import restart_event
 from chatbaker_megatron.training.step import eval_step, train_step
+from chatbaker_megatron.training.watchdog import HangWatchdog, collective_trace_prefix
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +58,32 @@ class NonFiniteLossError(RuntimeError):
     """Training halted on a non-finite loss or gradient norm (after a checkpoint)."""
 
 
+class LossSpikeError(RuntimeError):
+    """Training halted after train.max_consecutive_skips loss spikes in a row (after a checkpoint)."""
+
+
 class _StopSignal:
-    """Turns SIGTERM/SIGUSR1 (SLURM's warning before a time limit) into a clean exit."""
+    """Turns SIGTERM, SIGUSR1 (SLURM's warning before a time limit) and SIGINT
+    (Ctrl-C) into a requested stop: a checkpoint after the current step, exit 0.
+
+    After a Ctrl-C, another SIGINT or SIGTERM (torchrun turns a second Ctrl-C
+    at the launcher into SIGTERM) forces: KeyboardInterrupt, no checkpoint.
+    """
 
     def __init__(self) -> None:
         self.received: int | None = None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, _frame: Any) -> None:
+        if self.received == signal.SIGINT and signum in (signal.SIGINT, signal.SIGTERM):
+            raise KeyboardInterrupt(f"{signal.Signals(signum).name} after Ctrl-C: stopping now")
+        if self.received is None:
+            log.warning(
+                "%s: stopping with a checkpoint after this step%s",
+                signal.Signals(signum).name,
+                "; Ctrl-C again stops at once, without one" if signum == signal.SIGINT else "",
+            )
         self.received = signum
 
 
@@ -67,8 +95,17 @@ class Trainer:
     def __init__(self, cfg: RunConfig, config_dict: dict[str, Any]) -> None:
         self.cfg = cfg
         self.config_dict = config_dict
-        self.ctx = parallel.initialize(cfg.parallel, seed=cfg.train.seed)
+        # First: a stop requested while the run starts up ends it after its first step.
+        self.stop = _StopSignal()
+        self.ctx = parallel.initialize(
+            cfg.parallel,
+            seed=cfg.train.seed,
+            timeout_minutes=cfg.cluster.distributed_timeout_minutes,
+            trace_prefix=collective_trace_prefix(cfg.run_dir),
+        )
         self.rank0 = self.ctx.rank == 0
+        if cfg.cluster.preflight:  # before the model takes the GPU memory; skipped on CPU
+            run_preflight(self.ctx.platform, slow_factor=cfg.cluster.preflight_slow_factor)
         self.total_iters = train_iters(cfg.train)
         self.data: TrainingData = build_training_data(cfg, total_iters=self.total_iters)
         self.engine: Engine = build_engine(
@@ -82,14 +119,41 @@ class Trainer:
             params_dtype=PRECISION_DTYPES[cfg.cluster.precision],
             overlap_grad_reduce=self._overlap_grad_reduce(),
         )
+        self.spikes = SpikeDetector(cfg.train.spike_factor, cfg.train.spike_warmup_iters)
+        self.stragglers = StragglerDetector(
+            cfg.train.straggler_factor, cfg.train.straggler_intervals
+        )
+        self.compute_timer = ComputeTimer(self.engine.chunks, self.ctx.platform)
+        self.watchdog = HangWatchdog(
+            cfg.run_dir,
+            self.ctx.rank,
+            timeout_s=cfg.train.hang_timeout_s,
+            startup_timeout_s=cfg.train.hang_startup_timeout_s,
+            extra_dump=lambda: self.ctx.platform.dump_collective_trace(
+                f"{collective_trace_prefix(cfg.run_dir)}{self.ctx.rank}"
+            ),
+        )
         self.state = self._restore()
+        # Read before the metrics logger sets aside the rows this attempt re-runs.
+        restart = restart_event(cfg.run_dir, self.state.iteration) if self.rank0 else None
+        # After the restore: a refused resume leaves config.yaml and the metrics untouched.
         self.metrics = MetricsLogger(
             cfg.run_dir,
             enabled=self.rank0,
             tensorboard=cfg.logging.tensorboard,
             wandb_cfg=cfg.logging.wandb,
             config=config_dict,
+            start_iteration=self.state.iteration,
         )
+        if restart is not None:
+            self.metrics.log(restart)
+            log.warning(
+                "in-job restart %d: resumed from iteration %d, %d iterations lost (last logged %d)",
+                restart["restarts"],
+                restart["iteration"],
+                restart["iterations_lost"],
+                restart["last_iteration"],
+            )
         self.throughput = Throughput(
             tokens_per_step=cfg.train.global_batch_size * cfg.train.seq_length,
             flops_per_token=model_flops_per_token(
@@ -104,10 +168,12 @@ class Trainer:
         return self.ctx.platform.is_cuda if setting is None else setting
 
     def _restore(self) -> TrainState:
-        root = checkpoint_dir(self.cfg)
-        latest = latest_checkpoint(root) if self.cfg.checkpoint.auto_resume else None
-        if latest is not None:
-            return load_checkpoint(latest, self.engine)
+        if self.cfg.checkpoint.auto_resume:
+            resumed = resume_checkpoint(
+                checkpoint_dir(self.cfg), self.engine, fallback=self.cfg.checkpoint.fallback
+            )
+            if resumed is not None:
+                return resumed
         if self.cfg.train.init_from:
             source = latest_checkpoint(self.cfg.train.init_from) or self.cfg.train.init_from
             return load_checkpoint(source, self.engine, weights_only=True)
@@ -124,14 +190,17 @@ class Trainer:
             plat=self.ctx.platform,
         )
 
-    def save(self) -> None:
-        save_checkpoint(
-            checkpoint_dir(self.cfg),
-            self.engine,
-            self.state,
-            self.config_dict,
-            keep_last=self.cfg.checkpoint.keep_last,
-        )
+    def save(self, finite: bool = True) -> None:
+        """`finite`: the last step's loss and grad norm were finite (pruning keeps the newest such)."""
+        with self.watchdog.long_operation("a checkpoint save"):
+            save_checkpoint(
+                checkpoint_dir(self.cfg),
+                self.engine,
+                self.state,
+                self.config_dict,
+                keep_last=self.cfg.checkpoint.keep_last,
+                finite=finite,
+            )
 
     def evaluate(self) -> float | None:
         if self.data.valid is None:
@@ -141,6 +210,7 @@ class Trainer:
         for _ in range(self.cfg.train.eval_iters):
             start = self.state.consumed_valid_samples
             result = eval_step(self.engine, self._micro_batches(self.data.valid, start))
+            self.watchdog.progress("after a validation step")
             self.state.consumed_valid_samples += gbs
             losses += result.loss * result.tokens
             tokens += result.tokens
@@ -155,6 +225,7 @@ class Trainer:
             "lr": self.engine.optimizer.param_groups[0]["lr"],
             "loss_scale": float(self.engine.optimizer.get_loss_scale()),
             "skipped_steps": self.state.skipped_steps,
+            "skipped_spikes": self.state.skipped_spikes,
             "memory_gib": self.ctx.platform.memory_gib(),
         }
         record.update(self.throughput.figures(steps, seconds))
@@ -172,23 +243,76 @@ class Trainer:
             self.cfg.train.nan_policy == "halt"
             or consecutive >= self.cfg.train.max_consecutive_skips
         ):
-            self.save()
+            root = checkpoint_dir(self.cfg)
+            halted = ""
+            if not self._saved_at(self.state.iteration):
+                self.save(finite=False)
+                halted = f"; the state at the halt is saved as {iteration_dir(root, self.state.iteration)}"
+            good = last_good(root)
             raise NonFiniteLossError(
                 f"{message}. Halting (train.nan_policy={self.cfg.train.nan_policy}, "
-                f"{consecutive} consecutive); the last good state is saved in "
-                f"{checkpoint_dir(self.cfg)}"
+                f"{consecutive} consecutive){halted}; the last finite checkpoint is "
+                + (iteration_dir(root, good) if good is not None else "none (none was saved)")
             )
         log.warning(message)
         return consecutive
 
+    def _accept_loss(self, loss: float) -> bool:
+        """train.spike_policy's verdict on a finite loss, before the update is applied."""
+        return self.cfg.train.spike_policy == "off" or not self.spikes.is_spike(self.state, loss)
+
+    def _handle_spike(self, result: Any, consecutive: int) -> int:
+        """Count and log an update skipped as a loss spike; returns the new consecutive count."""
+        self.state.skipped_spikes += 1
+        consecutive += 1
+        message = (
+            f"iteration {self.state.iteration + 1}: loss {result.loss:.4f} exceeds "
+            f"train.spike_factor={self.cfg.train.spike_factor:g} x its running mean "
+            f"{self.state.loss_ema:.4f}; update skipped as a spike "
+            f"({self.state.skipped_spikes} so far)"
+        )
+        if consecutive >= self.cfg.train.max_consecutive_skips:
+            self.save()
+            raise LossSpikeError(
+                f"{message}. Halting: {consecutive} updates in a row skipped "
+                f"(train.max_consecutive_skips={self.cfg.train.max_consecutive_skips}); the "
+                f"weights before them are saved in {checkpoint_dir(self.cfg)}"
+            )
+        if self.rank0:
+            log.warning(message)
+        return consecutive
+
+    def _rank_step_times(self) -> dict[str, float | int]:
+        """Every rank's compute time per step in this log interval; warns about stragglers."""
+        times = gather_rank_times(self.compute_timer.window_mean(), self.ctx.platform)
+        for rank, ratio in self.stragglers.observe(times):
+            if self.rank0:
+                log.warning(
+                    "straggler: rank %d computes %.2f x as long per step as the median rank, "
+                    "%d log intervals in a row (train.straggler_factor=%g)",
+                    rank,
+                    ratio,
+                    self.cfg.train.straggler_intervals,
+                    self.cfg.train.straggler_factor,
+                )
+        return step_time_figures(times)
+
     def run(self) -> TrainState:
+        """Train to the budget or an exit condition, under the hang watchdog."""
+        self.watchdog.start()
+        try:
+            return self._loop()
+        finally:
+            self.watchdog.stop()
+
+    def _loop(self) -> TrainState:
         cfg = self.cfg
         gbs = cfg.train.global_batch_size
         clock = ProgressClock(self.state.iteration, self.total_iters)
-        stop = _StopSignal()
         started = time.monotonic()
         start_iteration = self.state.iteration
         consecutive_skips = 0
+        finite = True  # the last step's loss and grad norm; recorded in each checkpoint
         if self.rank0:
             log.info(
                 "training %s: iterations %d -> %d, world %d (tp %d, pp %d, vpp %s, dp %d), run dir %s",
@@ -203,10 +327,25 @@ class Trainer:
                 cfg.run_dir,
             )
         while self.state.iteration < self.total_iters:
+            next_iteration = self.state.iteration + 1
+            faults.before_step(cfg.train.fault_injection, next_iteration, self.ctx.rank)
             micro_batches = self._micro_batches(self.data.train, self.state.consumed_samples)
-            result = train_step(self.engine, micro_batches, global_batch_size=gbs)
+            self.compute_timer.start()
+            result = train_step(
+                self.engine,
+                micro_batches,
+                global_batch_size=gbs,
+                accept_loss=self._accept_loss,
+                loss_multiplier=faults.loss_multiplier(cfg.train.fault_injection, next_iteration),
+            )
+            self.compute_timer.stop()
+            self.watchdog.progress()
+            finite = result.update_successful or result.spike  # a spike's loss is finite
             if result.update_successful:
                 consecutive_skips = 0
+                self.spikes.accept(self.state, result.loss)
+            elif result.spike:
+                consecutive_skips = self._handle_spike(result, consecutive_skips)
             else:
                 consecutive_skips = self._handle_non_finite(result, consecutive_skips)
             self.state.iteration += 1
@@ -215,6 +354,7 @@ class Trainer:
             if it % cfg.logging.log_interval == 0 or it == self.total_iters:
                 steps, seconds = clock.window(it)
                 record = self._record(result, steps, seconds)
+                record.update(self._rank_step_times())
                 self.metrics.log(record)
                 if self.rank0:
                     log.info(progress_line(record, self.total_iters, clock.eta(it)))
@@ -227,11 +367,11 @@ class Trainer:
                     if self.rank0:
                         log.info("iter %d | validation loss %.4f", it, valid_loss)
             if cfg.checkpoint.save_interval and it % cfg.checkpoint.save_interval == 0:
-                self.save()
-            if self._should_exit(it - start_iteration, started, stop):
+                self.save(finite)
+            if self._should_exit(it - start_iteration, started, self.stop):
                 break
         if cfg.checkpoint.save_on_exit and not self._saved_at(self.state.iteration):
-            self.save()
+            self.save(finite)
         self.metrics.close()
         return self.state
 

@@ -24,12 +24,13 @@ from chatbaker_megatron.data.datasets.index_cache import (
     every_rank,
     node_cache_dir,
 )
+from chatbaker_megatron.data.datasets.integrity import check_indexed_dataset
 from chatbaker_megatron.data.datasets.meta import check_tokenizer
 from chatbaker_megatron.data.tokenizer.load import ChatBakerTokenizer
 
 
 def dataset_prefixes(cfg: Any, tokenizer: ChatBakerTokenizer) -> list[str]:
-    """The blend's resolved prefixes, each checked to exist and to match the tokenizer."""
+    """The blend's resolved prefixes, each checked to exist, to be whole and to match the tokenizer."""
     prefixes = []
     for i, dataset in enumerate(cfg.datasets):
         prefix = resolve_path(cfg.root, dataset.path)
@@ -38,7 +39,9 @@ def dataset_prefixes(cfg: Any, tokenizer: ChatBakerTokenizer) -> list[str]:
                 f"data.datasets[{i}].path={dataset.path!r}: no {prefix}.bin/.idx "
                 "(write it with `chatbaker preprocess`)"
             )
-        meta = check_tokenizer(prefix, tokenizer, f"data.datasets[{i}].path={dataset.path!r}")
+        setting = f"data.datasets[{i}].path={dataset.path!r}"
+        check_indexed_dataset(prefix, setting, vocab_size=tokenizer.vocab_size)
+        meta = check_tokenizer(prefix, tokenizer, setting)
         if meta is not None and meta.get("format") != "text":
             raise ValueError(
                 f"data.datasets[{i}].path={dataset.path!r}: a {meta.get('format')} "

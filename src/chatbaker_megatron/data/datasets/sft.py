@@ -29,6 +29,7 @@ import torch
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from chatbaker_megatron.config.data import resolve_path
+from chatbaker_megatron.data.datasets.integrity import check_indexed_dataset
 from chatbaker_megatron.data.datasets.meta import check_tokenizer
 from chatbaker_megatron.data.datasets.packing import (
     Packing,
@@ -128,7 +129,9 @@ def open_sft_store(cfg: Any, tokenizer: ChatBakerTokenizer) -> IndexedDataset:
             f"data.sft.path={cfg.sft.path!r}: no {prefix}.bin/.idx "
             "(write it with `chatbaker preprocess --format sft`)"
         )
-    meta = check_tokenizer(prefix, tokenizer, f"data.sft.path={cfg.sft.path!r}")
+    setting = f"data.sft.path={cfg.sft.path!r}"
+    check_indexed_dataset(prefix, setting, vocab_size=tokenizer.vocab_size)
+    meta = check_tokenizer(prefix, tokenizer, setting)
     if meta is None or meta.get("format") != "sft":
         raise ValueError(
             f"data.sft.path={cfg.sft.path!r}: not written by `chatbaker preprocess --format sft`"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from chatbaker_megatron.data.corpus import ON_ERROR_CHOICES, BadInputError
+from chatbaker_megatron.data.preprocess.disk_space import OutputDiskError
 from chatbaker_megatron.data.preprocess.pipeline import FORMATS, preprocess
+from chatbaker_megatron.data.preprocess.stop_signals import StopRequested
 from chatbaker_megatron.data.templates import TEMPLATES
 
 
@@ -87,8 +90,13 @@ def run(args: argparse.Namespace) -> int:
             on_error=args.on_error,
             progress=args.progress,
         )
-    except (BadInputError, ValueError, FileNotFoundError) as err:
+    except (BadInputError, ValueError, FileNotFoundError, OutputDiskError) as err:
         print(f"chatbaker preprocess: error: {err}", file=sys.stderr)
         return 1
+    except (StopRequested, KeyboardInterrupt) as err:
+        signum = err.signum if isinstance(err, StopRequested) else signal.SIGINT
+        name = signal.Signals(signum).name
+        print(f"chatbaker preprocess: stopped by {name}; partial files removed", file=sys.stderr)
+        return 128 + signum  # the shell's code for a death by that signal
     print(stats.summary())
     return 0

@@ -6,12 +6,22 @@ and .idx, so the .idx is the commit marker) and any older .idx is removed
 before the new .bin arrives. The `PREFIX.meta.json` sidecar (datasets/meta.py)
 records what the data was made with, so training can refuse data from
 another tokenizer.
+
+The temporary names carry the writer's host and pid
+(`PREFIX.partial-<host>-<pid>.*`): a failure or a stop signal removes them
+(`abort`, even when closing the half-written file fails on a full disk), and
+a kill -9 leaves them for the next writer of the same prefix on that host,
+which removes those whose process is gone (a live writer's, or another
+host's on a shared filesystem, are never touched).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import socket
 from types import TracebackType
 
 import numpy as np
@@ -31,14 +41,57 @@ def token_dtype(vocab_size: int) -> type[np.number]:
     return DType.optimal_dtype(vocab_size)
 
 
+PARTIAL_SUFFIXES = (".bin", ".idx", ".meta.json")
+
+
+def partial_prefix(prefix: str, host: str, pid: int) -> str:
+    return f"{prefix}.partial-{host}-{pid}"
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_partials(prefix: str) -> list[str]:
+    """Remove `prefix`'s partial files left by writers on this host that no longer run; returns them."""
+    directory = os.path.dirname(os.path.abspath(prefix))
+    pattern = re.compile(
+        rf"{re.escape(os.path.basename(prefix))}\.partial-(?P<host>.+)-(?P<pid>\d+)"
+        rf"(?:{'|'.join(map(re.escape, PARTIAL_SUFFIXES))})"
+    )
+    host = socket.gethostname()
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        match = pattern.fullmatch(name)
+        if match and match["host"] == host and not _process_exists(int(match["pid"])):
+            path = os.path.join(directory, name)
+            with contextlib.suppress(FileNotFoundError):  # a concurrent cleaner was first
+                os.remove(path)
+                removed.append(path)
+    return removed
+
+
 class AtomicIndexedWriter:
     """An IndexedDatasetBuilder on temporary files, renamed into place by commit()."""
 
     def __init__(self, prefix: str, dtype: type[np.number]) -> None:
         self.prefix = prefix
-        self.partial = f"{prefix}.partial-{os.getpid()}"
+        self.partial = partial_prefix(prefix, socket.gethostname(), os.getpid())
         os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+        self.stale_removed = remove_stale_partials(prefix)
         self.builder = IndexedDatasetBuilder(get_bin_path(self.partial), dtype=dtype)
+        self.data_bytes = 0  # written to the .bin so far
+
+    @property
+    def index_bytes(self) -> int:
+        """Size of the .idx for what was added so far (megatron's format, header aside)."""
+        return 12 * len(self.builder.sequence_lengths) + 8 * len(self.builder.document_indices)
 
     def add(self, chunk: EncodedChunk) -> None:
         """Append a chunk's documents, each as one megatron document of `seqs_per_doc` sequences."""
@@ -48,6 +101,7 @@ class AtomicIndexedWriter:
         for first in range(0, len(lengths), step):
             begin, end = bounds[first], bounds[first + step]
             self.builder.add_document(chunk.tokens[begin:end], lengths[first : first + step])
+        self.data_bytes += int(chunk.seq_lengths.sum()) * np.dtype(self.builder.dtype).itemsize
 
     def commit(self, meta: dict) -> None:
         self.builder.finalize(get_idx_path(self.partial))
@@ -60,13 +114,16 @@ class AtomicIndexedWriter:
         os.replace(get_idx_path(self.partial), get_idx_path(self.prefix))
 
     def abort(self) -> None:
-        self.builder.data_file.close()
+        """Remove the partial files. Closing may raise (the buffered tail hits a full disk):
+        the error that got us here is the one to report, and the files go regardless."""
+        with contextlib.suppress(OSError):
+            self.builder.data_file.close()
         for path in (
             get_bin_path(self.partial),
             get_idx_path(self.partial),
             meta_path(self.partial),
         ):
-            if os.path.exists(path):
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
 
     def __enter__(self) -> AtomicIndexedWriter:

@@ -12,6 +12,11 @@ the token data goes straight to disk and only megatron's per-document index
 --format sft: ShareGPT conversations rendered with a chat template; every
 document is two sequences, the token ids and the 0/1 target flags
 (read by datasets/sft.py).
+
+Every exit path removes the partial output: errors and Ctrl-C through the
+writer's abort, SIGTERM/SIGHUP by turning them into an exception
+(stop_signals); a full or read-only disk is reported as one line with the
+bytes the output needs (disk_space).
 """
 
 from __future__ import annotations
@@ -21,18 +26,26 @@ import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from chatbaker_megatron.data.corpus import BadInputError, BadRecord, ErrorTally
 from chatbaker_megatron.data.datasets.packing import pack_best_fit_decreasing, packing_efficiency
+from chatbaker_megatron.data.preprocess.disk_space import (
+    DISK_ERRNOS,
+    OutputDiskError,
+    describe_disk_error,
+    estimate_output_bytes,
+)
 from chatbaker_megatron.data.preprocess.encode_pool import encode_in_order, input_chunks
 from chatbaker_megatron.data.preprocess.encode_worker import (
     EncodedChunk,
     encode_sft_chunk,
     encode_text_chunk,
 )
+from chatbaker_megatron.data.preprocess.stop_signals import stop_signals_raise
 from chatbaker_megatron.data.templates import load_template
 from chatbaker_megatron.data.tokenizer.load import load_tokenizer
 
@@ -94,6 +107,30 @@ class PreprocessStats:
         )
 
 
+def _disk_error(
+    err: OSError,
+    writer: Any,
+    output_prefix: str,
+    input_done: int,
+    input_total: int,
+    dtype: type[np.number],
+    fmt: str,
+) -> OutputDiskError:
+    """The one-line report of a full or read-only output disk; `writer` is None if never opened."""
+    needed = estimate_output_bytes(
+        written=writer.data_bytes + writer.index_bytes if writer else 0,
+        input_done=input_done,
+        input_total=input_total,
+        itemsize=np.dtype(dtype).itemsize,
+        seqs_per_doc=2 if fmt == "sft" else 1,
+    )
+    path = f"{writer.partial}.bin" if writer else output_prefix
+    progress = input_done / input_total if input_total else 0.0
+    return OutputDiskError(
+        describe_disk_error(err, path=path, needed=needed, progress=progress), err.errno
+    )
+
+
 def preprocess(
     inputs: list[str],
     tokenizer_dir: str,
@@ -134,43 +171,57 @@ def preprocess(
         output_prefix, fmt, len(inputs), workers, ErrorTally(on_error), seq_length=seq_length
     )
     start = time.perf_counter()
+    input_total = sum(os.path.getsize(p) for p in inputs)
     bar = tqdm(
-        total=sum(os.path.getsize(p) for p in inputs),
+        total=input_total,
         unit="B",
         unit_scale=True,
         desc="preprocess",
         disable=not progress,
         file=sys.stderr,
     )
-    with bar, AtomicIndexedWriter(output_prefix, dtype) as writer:
-        for chunk, size in encode_in_order(
-            input_chunks(inputs, fmt), encode, workers, tokenizer_dir, template
-        ):
-            for location, kind, detail in chunk.bad:
-                stats.errors.add(location, BadRecord(kind, detail))
-            writer.add(chunk)
-            stats.add(chunk)
-            elapsed = time.perf_counter() - start
-            bar.set_postfix_str(
-                f"{stats.docs / elapsed:,.0f} docs/s, {stats.tokens / elapsed:,.0f} tok/s",
-                refresh=False,
+    writer = None
+    input_done = 0  # input bytes whose tokens are written (a disabled bar counts nothing)
+    try:
+        with bar, stop_signals_raise(), AtomicIndexedWriter(output_prefix, dtype) as writer:
+            for path in writer.stale_removed:
+                print(
+                    f"preprocess: removed {path}, left by a run that no longer exists",
+                    file=sys.stderr,
+                )
+            for chunk, size in encode_in_order(
+                input_chunks(inputs, fmt), encode, workers, tokenizer_dir, template
+            ):
+                for location, kind, detail in chunk.bad:
+                    stats.errors.add(location, BadRecord(kind, detail))
+                writer.add(chunk)
+                stats.add(chunk)
+                elapsed = time.perf_counter() - start
+                bar.set_postfix_str(
+                    f"{stats.docs / elapsed:,.0f} docs/s, {stats.tokens / elapsed:,.0f} tok/s",
+                    refresh=False,
+                )
+                bar.update(size)
+                input_done += size
+            if stats.docs == 0:
+                raise BadInputError(f"no usable records in {', '.join(inputs)}")
+            stats.seconds = time.perf_counter() - start
+            writer.commit(
+                {
+                    "format": fmt,
+                    "inputs": [os.path.abspath(p) for p in inputs],
+                    "json_key": json_key if fmt == "text" else None,
+                    "chat_template": template,
+                    "tokenizer": os.path.abspath(tokenizer_dir),
+                    "tokenizer_sha256": tokenizer.sha256,
+                    "vocab_size": tokenizer.vocab_size,
+                    "documents": stats.docs,
+                    "tokens": stats.tokens,
+                    "bad_records": stats.errors.total,
+                }
             )
-            bar.update(size)
-        if stats.docs == 0:
-            raise BadInputError(f"no usable records in {', '.join(inputs)}")
-        stats.seconds = time.perf_counter() - start
-        writer.commit(
-            {
-                "format": fmt,
-                "inputs": [os.path.abspath(p) for p in inputs],
-                "json_key": json_key if fmt == "text" else None,
-                "chat_template": template,
-                "tokenizer": os.path.abspath(tokenizer_dir),
-                "tokenizer_sha256": tokenizer.sha256,
-                "vocab_size": tokenizer.vocab_size,
-                "documents": stats.docs,
-                "tokens": stats.tokens,
-                "bad_records": stats.errors.total,
-            }
-        )
+    except OSError as err:
+        if err.errno not in DISK_ERRNOS or isinstance(err, OutputDiskError):
+            raise
+        raise _disk_error(err, writer, output_prefix, input_done, input_total, dtype, fmt) from None
     return stats
