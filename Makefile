@@ -9,7 +9,7 @@ PYTHON ?= $(shell scripts/find-python.sh)
 PYTEST_ARGS ?=
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: setup test demo demo-hf lint format check-cuda lint-docker ci clean gpu-check gpu-wheels
+.PHONY: setup browser test demo demo-hf demo-chat demo-curate lint format check-cuda lint-docker ci clean gpu-check gpu-wheels
 
 setup: $(STAMP)
 
@@ -24,8 +24,27 @@ $(STAMP): setup.py pyproject.toml constraints.txt
 	@PYTHONWARNINGS="ignore:Editable installation" $(PIP) install -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
+# The browser test (tests/serve/test_browser.py) drives Debian's chromium with
+# chromium-driver through selenium; fonts-nanum draws the Korean in its
+# screenshot. As root on Debian (CI: a fresh Debian 12) the missing ones are
+# installed; elsewhere, without the two programs, that test is skipped and says why.
+BROWSER_PACKAGES := chromium chromium-driver fonts-nanum
+browser:
+	@if [ "$$(id -u)" = 0 ] && grep -qx 'ID=debian' /etc/os-release 2>/dev/null; then \
+	  missing=$$(for p in $(BROWSER_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	  if [ -n "$$missing" ]; then \
+	    echo "== apt-get install" $$missing "(the browser test)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends $$missing >/dev/null || exit 1; \
+	  fi; \
+	elif ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then \
+	  echo "note: no /usr/bin/chromium or /usr/bin/chromedriver (Debian: apt-get install" \
+	    "$(BROWSER_PACKAGES)): tests/serve/test_browser.py will be skipped"; \
+	fi
+
 # The whole suite. pytest exits 5 when it collected nothing: that is a failure here.
-test: setup
+test: setup browser
 	@set +e; $(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
@@ -47,6 +66,28 @@ demo-hf: setup
 	$(BIN)/chatbaker generate --hf runs/demo/hf --prompt "대한민국은" --max-new-tokens 30 --greedy
 	$(BIN)/chatbaker eval --hf runs/demo/hf --tasks kobest_local,english_local --output runs/demo/eval
 	@echo "== chat with it: $(BIN)/chatbaker chat --hf runs/demo/hf"
+
+# The chat server and web page on the `make demo` model (trained first if
+# missing); prints the page's URL and a curl line. PORT=8000 by default.
+PORT ?= 8000
+demo-chat: setup
+	test -f runs/demo/checkpoints/latest || $(MAKE) demo
+	$(BIN)/chatbaker serve --checkpoint runs/demo/checkpoints --model-name chatbaker-demo --port $(PORT)
+
+# Curation: make the raw sample (the bundled corpus plus planted faults:
+# docs/curate.md), curate it on this machine (prints the report), then tokenise
+# its Korean and English output with `chatbaker preprocess` (the demo tokenizer).
+demo-curate: setup
+	rm -rf runs/demo_curate
+	$(BIN)/python -m chatbaker_megatron.data.curate.raw_sample runs/demo_curate/raw
+	$(BIN)/chatbaker curate input=runs/demo_curate/raw output=runs/demo_curate/curated
+	$(BIN)/chatbaker prepare-data data.root=runs/demo_curate/demo_data
+	for lang in ko en; do \
+	  $(BIN)/chatbaker preprocess --input runs/demo_curate/curated/$$lang/*.jsonl \
+	    --tokenizer runs/demo_curate/demo_data/tokenizer \
+	    --output-prefix runs/demo_curate/pretrain_$$lang --no-progress || exit 1; \
+	done
+	@echo "== report: runs/demo_curate/curated/report.md (+ .json, .png); datasets: runs/demo_curate/pretrain_{ko,en}"
 
 lint: setup
 	$(BIN)/ruff check src kernels tests benchmarks conf scripts

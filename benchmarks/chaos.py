@@ -1,13 +1,15 @@
 """Chaos benchmark: kill -9 and damaged checkpoints on real 2-rank runs; each must heal or resume.
 
     .venv/bin/python benchmarks/chaos.py [--trials 20] [--seed 0] [--iters 12] [--save-interval 3]
-                                         [--workdir DIR] [--keep]
+                                         [--async-save] [--workdir DIR] [--keep]
 
 Every trial is one run of the bundled tiny model on 2 CPU ranks through the
 real command line, `chatbaker train run_dir=... data.root=...` (the demo data
 is prepared once with `chatbaker prepare-data`), `--iters` iterations with a
 checkpoint every `--save-interval` (keep_last=2, checkpoint.fallback=true,
-launch.max_restarts=3). Each trial draws one fault at random:
+launch.max_restarts=3; with `--async-save` those checkpoints are written in
+the background while training goes on, so `save` kills land while a
+background writer runs). Each trial draws one fault at random:
 
 - rank: kill -9 of one rank (0 or 1, at random), at a random moment:
   `step` (after a random logged iteration, plus up to 0.3 s), `save` (up to
@@ -297,6 +299,7 @@ class Bench:
             "checkpoint.fallback=true",
             "launch.max_restarts=3",
             "launch.monitor_interval=0.2",
+            f"checkpoint.async_save={str(self.args.async_save).lower()}",
         ]
 
     def prepare(self) -> None:
@@ -599,6 +602,11 @@ def main() -> int:
     parser.add_argument("--save-interval", type=int, default=3)
     parser.add_argument("--workdir", help="where the runs go (default: a temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the run directories")
+    parser.add_argument(
+        "--async-save",
+        action="store_true",
+        help="periodic checkpoints written in the background (checkpoint.async_save=true)",
+    )
     args = parser.parse_args()
     if args.iters < 2 * args.save_interval + 2:
         parser.error("--iters must leave room for two checkpoints and a step after them")
@@ -611,7 +619,8 @@ def main() -> int:
         bench.prepare()
         print(
             f"{args.trials} trials, seed {args.seed}, {args.iters} iterations, a checkpoint "
-            f"every {args.save_interval}, keep_last {KEEP_LAST}, 2 CPU ranks; runs in {workdir}"
+            f"every {args.save_interval}{' (background writes)' if args.async_save else ''}, "
+            f"keep_last {KEEP_LAST}, 2 CPU ranks; runs in {workdir}"
         )
         for number in range(1, args.trials + 1):
             trial = bench.run_trial(number)

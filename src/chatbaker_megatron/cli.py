@@ -31,6 +31,10 @@ VERBS: dict[str, tuple[str, str]] = {
         "chatbaker_megatron.data.tokenizer.cli",
         "train or inspect the byte-level BPE tokenizer",
     ),
+    "curate": (
+        "chatbaker_megatron.data.curate.cli",
+        "raw jsonl/parquet -> clean, deduplicated, PII-scrubbed jsonl per language (datatrove)",
+    ),
     "preprocess": (
         "chatbaker_megatron.data.preprocess.cli",
         "jsonl -> megatron .bin/.idx indexed dataset",
@@ -40,6 +44,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "import-hf": ("chatbaker_megatron.convert.import_hf", "HF Llama folder -> checkpoint"),
     "generate": ("chatbaker_megatron.inference.generate_cli", "continue a text prompt"),
     "chat": ("chatbaker_megatron.inference.chat_cli", "multi-turn chat REPL, streamed"),
+    "serve": (
+        "chatbaker_megatron.serve.cli",
+        "OpenAI-compatible chat server + web page (batched, filtered)",
+    ),
     "eval": ("chatbaker_megatron.eval.cli", "lm-eval KoBEST/English -> table, chart"),
 }
 

@@ -150,7 +150,9 @@ LOGGED: tuple[LoggedNotice, ...] = (
         source="megatron-core (dist_checkpointing torch strategy, on save)",
         logger="megatron.core.dist_checkpointing.strategies.torch",
         message="MCore's async save is deprecated",
-        why="logged on every save, asynchronous or not; checkpoints are written synchronously",
+        why="logged on every save, synchronous ones included (megatron runs those through the "
+        "same writer); checkpoint.async_save uses megatron's own writer on purpose "
+        "(docs/training.md, Checkpoints)",
     ),
     LoggedNotice(
         source="megatron-core (dist_checkpointing validation, on save)",

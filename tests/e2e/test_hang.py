@@ -12,20 +12,10 @@ from __future__ import annotations
 import os
 import subprocess
 
-import pytest
-
-from chatbaker_megatron.data.demo.prepare import prepare_demo_data
 from chatbaker_megatron.training.watchdog import HANG_EXIT_CODE
 from tests.e2e.test_launch import TRAIN, small_run
 
 HANG_TIMEOUT_S = 8  # far above a tiny-model step on a busy CPU, so only the hang trips it
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> str:
-    root = str(tmp_path_factory.mktemp("demo_data"))
-    prepare_demo_data(root)
-    return root
 
 
 def test_hang_on_one_rank_dumps_every_rank_and_fails_the_job(data_root, tmp_path):

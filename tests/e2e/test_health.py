@@ -10,22 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
 import torch
 
 from chatbaker_megatron.config.compose import compose
-from chatbaker_megatron.data.demo.prepare import prepare_demo_data
 from chatbaker_megatron.training.trainer import Trainer
 from tests.e2e.test_launch import metrics
 
 SPIKE_AT = 6
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> str:
-    root = str(tmp_path_factory.mktemp("demo_data"))
-    prepare_demo_data(root)
-    return root
 
 
 def run_rows(overrides: list[str]) -> list[dict] | None:
@@ -40,6 +31,7 @@ def run_rows(overrides: list[str]) -> list[dict] | None:
 def test_injected_spike_is_skipped_and_counted(ranks, data_root, tmp_path):
     overrides = [
         f"data.root={data_root}",
+        "data.cache_mode=shared",  # one node (tests/e2e/conftest.py)
         f"run_dir={tmp_path / 'run'}",
         "train.seq_length=64",
         "train.global_batch_size=4",

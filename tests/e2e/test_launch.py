@@ -16,22 +16,15 @@ import yaml
 
 from chatbaker_megatron.checkpoint.layout import latest_checkpoint
 from chatbaker_megatron.checkpoint.state import read_common
-from chatbaker_megatron.data.demo.prepare import prepare_demo_data
 from chatbaker_megatron.run_lock import RunLock
 
 TRAIN = [sys.executable, "-m", "chatbaker_megatron.train"]
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> str:
-    root = str(tmp_path_factory.mktemp("demo_data"))
-    prepare_demo_data(root)
-    return root
-
-
 def small_run(data_root: str, iters: int) -> list[str]:
     return [
         f"data.root={data_root}",
+        "data.cache_mode=shared",  # one node (tests/e2e/conftest.py)
         "train.seq_length=64",
         "train.global_batch_size=4",
         f"train.train_iters={iters}",
@@ -93,6 +86,7 @@ def test_multirun_launches_one_torchrun_job_per_point(data_root, tmp_path):
             "optim.lr=0.001,0.002",
             f"hydra.sweep.dir={sweep}",
             *small_run(data_root, 2),
+            "cluster.devices_per_node=1",  # a job per point is the point, not its size
         ],
         timeout=600,
     )
@@ -109,7 +103,13 @@ def test_multirun_launches_one_torchrun_job_per_point(data_root, tmp_path):
 def test_kill_during_checkpoint_write_then_resume(data_root, tmp_path):
     run_dir = str(tmp_path / "run")
     ckpt_dir = os.path.join(run_dir, "checkpoints")
-    base = [*TRAIN, f"run_dir={run_dir}", "checkpoint.save_interval=1", "checkpoint.keep_last=2"]
+    base = [
+        *TRAIN,
+        f"run_dir={run_dir}",
+        "checkpoint.save_interval=1",
+        "checkpoint.keep_last=2",
+        "cluster.devices_per_node=1",  # kills of 2-rank runs: benchmarks/chaos.py, test_restart
+    ]
     proc = subprocess.Popen(
         base + small_run(data_root, 40), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

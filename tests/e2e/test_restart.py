@@ -18,22 +18,13 @@ import subprocess
 import time
 
 import psutil
-import pytest
 
 from chatbaker_megatron.config.compose import compose
-from chatbaker_megatron.data.demo.prepare import prepare_demo_data
 from chatbaker_megatron.training.trainer import Trainer
 from tests.e2e.test_launch import TRAIN, kill_tree, metrics, small_run
 
 ITERS = 12
 SAVE_INTERVAL = 3
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> str:
-    root = str(tmp_path_factory.mktemp("demo_data"))
-    prepare_demo_data(root)
-    return root
 
 
 def rank_pid(launcher: int, rank: int) -> int | None:

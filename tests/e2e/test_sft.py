@@ -9,7 +9,7 @@ import torch
 
 from chatbaker_megatron.checkpoint.layout import latest_checkpoint
 from chatbaker_megatron.checkpoint.state import read_common
-from tests.e2e.test_training import LOSS_TOL, base_overrides, data_root, losses, run_trainer  # noqa: F401
+from tests.e2e.test_training import LOSS_TOL, base_overrides, losses, run_trainer
 
 PLM_STEPS = 30
 SFT_STEPS = 4
@@ -37,7 +37,7 @@ def sft_overrides(root: str, run_dir: str, world: int, plm: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def plm(ranks, data_root, tmp_path_factory) -> dict:  # noqa: F811
+def plm(ranks, data_root, tmp_path_factory) -> dict:
     run_dir = str(tmp_path_factory.mktemp("plm"))
     overrides = base_overrides(data_root, run_dir, 1) + [
         f"train.train_iters={PLM_STEPS}",
@@ -47,7 +47,7 @@ def plm(ranks, data_root, tmp_path_factory) -> dict:  # noqa: F811
     return {"ckpt": os.path.join(run_dir, "checkpoints"), "final_loss": losses(run_dir)[-1]}
 
 
-def test_sft_from_plm_weights_with_packing(ranks, data_root, plm, tmp_path):  # noqa: F811
+def test_sft_from_plm_weights_with_packing(ranks, data_root, plm, tmp_path):
     single, tp2 = str(tmp_path / "single"), str(tmp_path / "tp2_sp")
     ranks.run(
         1, run_trainer, sft_overrides(data_root, single, 1, plm["ckpt"]) + ["parallel=single"]

@@ -1,7 +1,8 @@
 """Run a test body on N ranks: gloo on CPU, NCCL when N GPUs are present.
 
-Worker processes start once per world size and are reused across tests
-(starting a rank costs seconds of imports). Each task is a module-level
+Worker processes start once per world size and are reused across tests;
+they are forked from the suite's forkserver, which has torch and megatron
+imported (tests/support/forkserver.py). Each task is a module-level
 function (pickled by reference) called on every rank with the same
 arguments; its return values come back as a list indexed by rank. After
 every task the workers drop megatron's process groups, so the next test
@@ -21,6 +22,8 @@ import socket
 import traceback
 from collections.abc import Callable
 from typing import Any
+
+from tests.support import forkserver
 
 COLLECTIVE_TIMEOUT_S = 180
 
@@ -84,7 +87,7 @@ class RankPool:
 
     def __init__(self, world_size: int) -> None:
         self.world_size = world_size
-        ctx = mp.get_context("spawn")
+        ctx = forkserver.context()
         port = _free_port()
         self._results: mp.Queue = ctx.Queue()
         self._tasks = [ctx.Queue() for _ in range(world_size)]

@@ -189,7 +189,9 @@ def hf_logits(hf_dir: Path, batch: torch.Tensor) -> torch.Tensor:
         return model(batch).logits
 
 
-def random_hf_model(directory: Path, tokenizer_dir: Path, seed: int = 3) -> Path:
+def random_hf_model(
+    directory: Path, tokenizer_dir: Path, seed: int = 3, model: ModelConfig = TINY
+) -> Path:
     """A transformers-created random LlamaForCausalLM (GQA, random norms) with our tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -198,12 +200,12 @@ def random_hf_model(directory: Path, tokenizer_dir: Path, seed: int = 3) -> Path
     tokenizer = load_tokenizer(tokenizer_dir)
     config = LlamaConfig(
         vocab_size=VOCAB,
-        hidden_size=TINY.hidden_size,
-        intermediate_size=TINY.ffn_hidden_size,
-        num_hidden_layers=TINY.num_layers,
-        num_attention_heads=TINY.num_attention_heads,
-        num_key_value_heads=TINY.kv_heads,
-        max_position_embeddings=TINY.max_position_embeddings,
+        hidden_size=model.hidden_size,
+        intermediate_size=model.ffn_hidden_size,
+        num_hidden_layers=model.num_layers,
+        num_attention_heads=model.num_attention_heads,
+        num_key_value_heads=model.kv_heads,
+        max_position_embeddings=model.max_position_embeddings,
         rms_norm_eps=1e-5,
         rope_theta=5000.0,
         tie_word_embeddings=False,

@@ -1,29 +1,26 @@
 """`chatbaker train ... --dry-run`: the real shards, built as fake tensors, equal the planner.
 
-Each dry run is a subprocess: it owns torch.distributed's global state (a
-fake world of the run's size) and megatron's parallel_state.
+Each dry run is a process of its own: it owns torch.distributed's global
+state (a fake world of the run's size) and megatron's parallel_state. They
+are forked from the suite's forkserver (tests/support/forkserver.py), which
+spares each one the imports.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
+from tests.support.forkserver import run_cli
+
 TIMEOUT = 600
 
 
 def dry_run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "chatbaker_megatron.train", *args, "--dry-run", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
+    return run_cli(["train", *args, "--dry-run", "--json"], TIMEOUT, ignore_warnings=True)
 
 
 def dry_run_json(*args: str) -> dict:

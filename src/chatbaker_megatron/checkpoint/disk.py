@@ -73,6 +73,30 @@ def worker_errors() -> Iterator[list[str]]:
         logger.removeHandler(handler)
 
 
+@contextmanager
+def worker_errors_to(path: str) -> Iterator[None]:
+    """worker_errors for a background writer process: the messages go to `path`
+    (created only if there is one), for the training process to read."""
+    handler = logging.FileHandler(path, delay=True, encoding="utf-8")
+    handler.setLevel(logging.ERROR)
+    logger = logging.getLogger("megatron.core.dist_checkpointing")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def read_worker_errors(path: str) -> list[str]:
+    """What worker_errors_to wrote, if anything."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except OSError:
+        return []
+
+
 def os_errno(err: BaseException, logged: Sequence[str] = ()) -> int | None:
     """The errno behind a save failure: in the exception chain, torch's per-rank failures,
     or the text of the exception and of what the writer logged."""

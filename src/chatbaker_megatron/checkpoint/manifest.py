@@ -51,6 +51,10 @@ class Manifest:
         return sum(record.size for record in self.files.values())
 
 
+# Files of ours that a writer leaves in a `.tmp` directory and that are gone before it is published.
+BOOKKEEPING_PREFIX = ".chatbaker-"
+
+
 def writer_rank(name: str) -> int:
     """The rank that writes a checkpoint file: the one in a shard's name, else the coordinator."""
     match = _SHARD.match(name)
@@ -65,19 +69,46 @@ def crc32(path: str) -> int:
     return value
 
 
-def record_files(directory: str, rank: int) -> dict[str, FileRecord]:
+def record_files(
+    directory: str, rank: int, known: dict[str, FileRecord] | None = None
+) -> dict[str, FileRecord]:
     """Size and CRC-32 of the files `rank` wrote into `directory`, each fsynced.
 
     megatron fsyncs the shards but not `metadata.json`; an fsync of a file
-    already on disk costs nothing.
+    already on disk costs nothing. Files in `known` (recorded earlier, by a
+    background writer) are taken as they are; bookkeeping files are skipped.
     """
-    records = {}
+    records = dict(known or {})
     for name in sorted(os.listdir(directory)):
         path = os.path.join(directory, name)
-        if name != MANIFEST and os.path.isfile(path) and writer_rank(name) == rank:
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-            records[name] = FileRecord(os.path.getsize(path), crc32(path), rank)
+        if (
+            name == MANIFEST
+            or name in records
+            or name.startswith(BOOKKEEPING_PREFIX)
+            or not os.path.isfile(path)
+            or writer_rank(name) != rank
+        ):
+            continue
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+        records[name] = FileRecord(os.path.getsize(path), crc32(path), rank)
+    return records
+
+
+def write_records(path: str, records: dict[str, FileRecord]) -> None:
+    """A background writer's records, for its training process to pick up."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({name: asdict(record) for name, record in records.items()}, f)
+
+
+def take_records(path: str) -> dict[str, FileRecord]:
+    """What write_records left at `path` (removing the file), or nothing."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            records = {name: FileRecord(**fields) for name, fields in json.load(f).items()}
+    except FileNotFoundError:
+        return {}
+    os.remove(path)
     return records
 
 

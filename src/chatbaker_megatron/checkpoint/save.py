@@ -32,9 +32,11 @@ from torch.distributed.checkpoint import CheckpointException
 from chatbaker_megatron.checkpoint.disk import (
     checkpoint_bytes,
     most_telling,
+    read_worker_errors,
     room_problem,
     save_failure,
     worker_errors,
+    worker_errors_to,
 )
 from chatbaker_megatron.checkpoint.layout import (
     CheckpointError,
@@ -44,7 +46,15 @@ from chatbaker_megatron.checkpoint.layout import (
     remove_partial,
     write_latest,
 )
-from chatbaker_megatron.checkpoint.manifest import Manifest, record_files, write_manifest
+from chatbaker_megatron.checkpoint.manifest import (
+    BOOKKEEPING_PREFIX,
+    FileRecord,
+    Manifest,
+    record_files,
+    take_records,
+    write_manifest,
+    write_records,
+)
 from chatbaker_megatron.checkpoint.state import (
     OPTIMIZER_FORMAT,
     ModelAndOptimizer,
@@ -56,8 +66,14 @@ from chatbaker_megatron.checkpoint.state import (
     optimizer_kind,
     rng_sharded_object,
 )
+from chatbaker_megatron.platform.lifetime import die_with
 
 log = logging.getLogger(__name__)
+
+# megatron's own background writer (a forked process per rank), the one the
+# CPU suite exercises. megatron logs once that it prefers nvidia-resiliency-ext's
+# (a persistent writer process; docs/training.md says why not yet).
+ASYNC_STRATEGY = "mcore"
 
 
 def _save_strategy() -> Any:
@@ -106,6 +122,52 @@ def _publish(root: str, final: str, tmp: str, manifest: Manifest, keep_last: int
         prune(root, keep_last)
 
 
+def _begin(root: str, iteration: int) -> tuple[str, str]:
+    """Collective: (final, tmp) directories of a new write, the `.tmp` one empty and with room."""
+    final = iteration_dir(root, iteration)
+    tmp = final + ".tmp"
+    _agree(_prepare(root, final, tmp) if dist.get_rank() == 0 else None)
+    return final, tmp
+
+
+def _complete(
+    root: str,
+    final: str,
+    tmp: str,
+    manifest: Manifest,
+    keep_last: int | None,
+    error: str | None,
+    known: dict[str, FileRecord] | None = None,
+) -> None:
+    """Collective, after every rank's files are written (or failed): publish or clean up.
+
+    Every rank's records and errors are gathered in one collective, so a
+    failure on some ranks only raises the same CheckpointError everywhere.
+    `known`: this rank's files already checksummed (by a background writer).
+    """
+    rank = dist.get_rank()
+    records = {}
+    if error is None:
+        try:
+            records = record_files(tmp, rank, known)
+        except OSError as err:
+            error = save_failure(tmp, err, _previous_bytes(root))
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (error, records))
+    errors = [e for e, _ in gathered if e]
+    error = most_telling(errors) if errors else None
+    if error is None and rank == 0:
+        for _, rank_records in gathered:
+            manifest.files.update(rank_records)
+        try:
+            _publish(root, final, tmp, manifest, keep_last)
+        except OSError as err:
+            error = save_failure(tmp, err, manifest.total_bytes)
+    if error is not None and rank == 0 and os.path.isdir(tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+    _agree(error)
+
+
 def write_checkpoint(
     root: str,
     iteration: int,
@@ -120,36 +182,90 @@ def write_checkpoint(
     newest finite checkpoint is never pruned. Collective: every rank must
     call it. `keep_last=None` removes nothing.
     """
-    final = iteration_dir(root, iteration)
-    tmp = final + ".tmp"
-    rank = dist.get_rank()
-    _agree(_prepare(root, final, tmp) if rank == 0 else None)
-    error, records = None, {}
+    final, tmp = _begin(root, iteration)
+    error = None
     with worker_errors() as logged:
         try:
             dist_checkpointing.save(sharded, tmp, sharded_strategy=_save_strategy())
-            records = record_files(tmp, rank)
         # megatron raises torch's CheckpointException (a BaseException) on every rank of a
         # failed write; the coordinator's names the failed ranks.
         except (Exception, CheckpointException) as err:
             log.debug("checkpoint write failed", exc_info=True)
             error = save_failure(tmp, err, _previous_bytes(root), logged)
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (error, records))
-    errors = [e for e, _ in gathered if e]
-    error = most_telling(errors) if errors else None
-    if error is None and rank == 0:
-        manifest = Manifest(iteration, finite)
-        for _, rank_records in gathered:
-            manifest.files.update(rank_records)
-        try:
-            _publish(root, final, tmp, manifest, keep_last)
-        except OSError as err:
-            error = save_failure(tmp, err, manifest.total_bytes)
-    if error is not None and rank == 0 and os.path.isdir(tmp):
-        shutil.rmtree(tmp, ignore_errors=True)
-    _agree(error)
+    _complete(root, final, tmp, Manifest(iteration, finite), keep_last, error)
     return final
+
+
+def start_background_write(
+    root: str,
+    iteration: int,
+    sharded: dict[str, Any],
+    keep_last: int | None,
+    *,
+    finite: bool = True,
+) -> tuple[str, Any]:
+    """Begin writing `sharded` as root/iter_N in a background process; (final dir, request).
+
+    The request is megatron's AsyncRequest, to schedule on an AsyncCallsQueue
+    (checkpoint/background.py). Its one finalize function runs megatron's
+    own (the `.metadata` file) and then `_complete`, on every rank once every
+    rank's writer has finished: `latest` moves only then, exactly as after a
+    synchronous write. Collective: every rank must call it.
+    """
+    final, tmp = _begin(root, iteration)
+    request = dist_checkpointing.save(
+        sharded,
+        tmp,
+        sharded_strategy=_save_strategy(),
+        async_sharded_save=True,
+        async_strategy=ASYNC_STRATEGY,
+    )
+    rank = dist.get_rank()
+    # The writer process also checksums what it wrote (no stall for that), and
+    # keeps the errno of a failed write, which it only logs, for the message.
+    records_file = os.path.join(tmp, f"{BOOKKEEPING_PREFIX}records.rank{rank}.json")
+    errors_file = os.path.join(tmp, f"{BOOKKEEPING_PREFIX}writer-errors.rank{rank}")
+    write = request.async_fn
+    training_process = os.getpid()
+
+    def write_and_checksum(*args: Any, **kwargs: Any) -> None:
+        # A writer outliving a killed rank could still be writing when the
+        # restarted rank saves this iteration again.
+        die_with(training_process)
+        with worker_errors_to(errors_file):
+            write(*args, **kwargs)
+        write_records(records_file, record_files(tmp, rank))
+
+    megatron_finalizers = list(request.finalize_fns)
+
+    def finalize() -> None:
+        error = None
+        try:
+            for finalizer in megatron_finalizers:
+                finalizer()
+        except (Exception, CheckpointException) as err:
+            log.debug("background checkpoint write failed", exc_info=True)
+            error = save_failure(tmp, err, _previous_bytes(root), read_worker_errors(errors_file))
+        known = take_records(records_file)
+        _complete(root, final, tmp, Manifest(iteration, finite), keep_last, error, known)
+
+    return final, request._replace(
+        async_fn=write_and_checksum if write is not None else None, finalize_fns=[finalize]
+    )
+
+
+def training_state(
+    parts: ModelAndOptimizer, state: TrainState, config: dict[str, Any]
+) -> dict[str, Any]:
+    """The sharded state dict of everything needed to resume this iteration bit-exactly."""
+    # A seed checkpoint (0 iterations) has an optimizer without state yet.
+    materialize_optimizer_state(parts)
+    sharded = model_state(parts.chunks)
+    sharded["optimizer"] = parts.optimizer.sharded_state_dict(sharded, metadata=OPTIMIZER_FORMAT)
+    sharded["scheduler"] = parts.scheduler.state_dict()
+    sharded |= common_state(config, state, optimizer_kind(parts))
+    sharded["rng_state"] = rng_sharded_object()
+    return sharded
 
 
 def save_checkpoint(
@@ -165,13 +281,7 @@ def save_checkpoint(
     `finite`: whether the step that led to this state had a finite loss and
     gradient norm. Collective: every rank must call it.
     """
-    # A seed checkpoint (0 iterations) has an optimizer without state yet.
-    materialize_optimizer_state(parts)
-    sharded = model_state(parts.chunks)
-    sharded["optimizer"] = parts.optimizer.sharded_state_dict(sharded, metadata=OPTIMIZER_FORMAT)
-    sharded["scheduler"] = parts.scheduler.state_dict()
-    sharded |= common_state(config, state, optimizer_kind(parts))
-    sharded["rng_state"] = rng_sharded_object()
+    sharded = training_state(parts, state, config)
     final = write_checkpoint(root, state.iteration, sharded, keep_last, finite=finite)
     log.info("saved checkpoint %s%s", final, "" if finite else " (marked non-finite)")
     return final

@@ -19,3 +19,7 @@ class CheckpointConfig:
     # truncated or corrupted shard), resume from the previous complete one instead of stopping.
     fallback: bool = True
     save_on_exit: bool = True
+    # Write the periodic checkpoints in the background (megatron's async save: a writer
+    # process per rank) while training goes on; `latest` moves once every rank's files
+    # are complete. Saves on exit, on a stop signal and on a halt are always synchronous.
+    async_save: bool = False

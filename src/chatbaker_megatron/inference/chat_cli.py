@@ -15,19 +15,19 @@ from collections.abc import Callable
 from typing import TextIO
 
 from chatbaker_megatron.data.preprocess.sft_tokenize import encode_prompt
-from chatbaker_megatron.data.templates import ChatTemplate, Message, load_template
+from chatbaker_megatron.data.templates import ChatTemplate, Message
 from chatbaker_megatron.data.tokenizer.load import ChatBakerTokenizer
 from chatbaker_megatron.inference.filters import InputFilter, load_filter
 from chatbaker_megatron.inference.generator import Generation, Generator
 from chatbaker_megatron.inference.options import (
     add_model_arguments,
     add_sampling_arguments,
+    add_template_arguments,
+    chat_template,
     load_backend,
     sampling_config,
 )
 from chatbaker_megatron.inference.sampling import SamplingConfig
-
-DEFAULT_TEMPLATE = "chatbaker"
 
 
 def turn_stops(
@@ -157,12 +157,7 @@ def repl(session: ChatSession, stdin: TextIO, stdout: TextIO) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument(
-        "--template",
-        default=None,
-        help="chat template name or YAML (default: the one the model was fine-tuned with)",
-    )
-    parser.add_argument("--system", default=None, help="system prompt (default: the template's)")
+    add_template_arguments(parser)
     add_sampling_arguments(parser, max_new_tokens=256, repetition_penalty=1.1)
 
 
@@ -170,15 +165,12 @@ def run(args: argparse.Namespace) -> int:
     sampling = sampling_config(args)
     input_filter = load_filter(args.input_filter)
     backend = load_backend(args)
-    template = load_template(args.template) if args.template else backend.template
-    if template is None:
-        print(
-            f"note: the model names no chat template (not an SFT model?); using {DEFAULT_TEMPLATE!r}",
-            file=sys.stderr,
-        )
-        template = load_template(DEFAULT_TEMPLATE)
     session = ChatSession(
-        Generator(backend), template, sampling, system=args.system, input_filter=input_filter
+        Generator(backend),
+        chat_template(args, backend),
+        sampling,
+        system=args.system,
+        input_filter=input_filter,
     )
     repl(session, sys.stdin, sys.stdout)
     return 0

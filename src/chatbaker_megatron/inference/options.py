@@ -1,9 +1,11 @@
-"""Command-line options shared by `chatbaker generate` and `chatbaker chat`."""
+"""Command-line options shared by `chatbaker generate`, `chatbaker chat` and `chatbaker serve`."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
+from chatbaker_megatron.data.templates import ChatTemplate, load_template
 from chatbaker_megatron.inference.backends import Backend
 from chatbaker_megatron.inference.sampling import SamplingConfig
 
@@ -25,6 +27,31 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="check inputs first: blocklist:PATH or package.module:factory (default: off)",
     )
+
+
+def add_template_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--template",
+        default=None,
+        help="chat template name or YAML (default: the one the model was fine-tuned with)",
+    )
+    parser.add_argument("--system", default=None, help="system prompt (default: the template's)")
+
+
+DEFAULT_TEMPLATE = "chatbaker"
+
+
+def chat_template(args: argparse.Namespace, backend: Backend) -> ChatTemplate:
+    """--template, else the template the model was fine-tuned with, else the default (noted)."""
+    if args.template:
+        return load_template(args.template)
+    if backend.template is not None:
+        return backend.template
+    print(
+        f"note: the model names no chat template (not an SFT model?); using {DEFAULT_TEMPLATE!r}",
+        file=sys.stderr,
+    )
+    return load_template(DEFAULT_TEMPLATE)
 
 
 def add_sampling_arguments(

@@ -2,10 +2,14 @@
 
 Order, as in transformers' logits processors: repetition penalty, then
 greedy argmax or temperature -> top-k -> top-p -> a draw from the rest.
+Everything works on a batch of rows [rows, vocab], each with its own
+settings (the server samples all its running requests at once); the
+one-at-a-time Generator samples a batch of one with the same code.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,53 +42,105 @@ class SamplingConfig:
 
 
 def apply_repetition_penalty(
-    logits: torch.Tensor, context: list[int], penalty: float
+    logits: torch.Tensor, contexts: Sequence[Sequence[int]], penalties: Sequence[float]
 ) -> torch.Tensor:
-    """Divide positive (multiply negative) logits of tokens seen in `context` by `penalty`."""
-    if penalty == 1.0 or not context:
+    """Per row of logits [rows, vocab]: divide positive (multiply negative) logits of the
+    tokens seen in its context by its penalty."""
+    rows = [r for r, penalty in enumerate(penalties) if penalty != 1.0 and contexts[r]]
+    if not rows:
         return logits
-    logits = logits.clone()
-    seen = torch.tensor(sorted(set(context)), dtype=torch.long, device=logits.device)
-    values = logits[seen]
-    logits[seen] = torch.where(values > 0, values / penalty, values * penalty)
-    return logits
+    seen_rows: list[int] = []
+    seen_tokens: list[int] = []
+    for r in rows:
+        tokens = set(contexts[r])
+        seen_rows += [r] * len(tokens)
+        seen_tokens += tokens
+    seen = torch.zeros_like(logits, dtype=torch.bool)
+    seen[seen_rows, seen_tokens] = True
+    penalty = torch.tensor(penalties, dtype=logits.dtype, device=logits.device)[:, None]
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
 
 
-def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """-inf for every logit below the k-th largest (ties at the k-th are kept)."""
-    if k <= 0 or k >= logits.numel():
+def filter_top_k(logits: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
+    """Per row of logits [rows, vocab]: -inf below its k-th largest (ties kept; k = 0: off)."""
+    vocab = logits.shape[-1]
+    on = [0 < k < vocab for k in ks]
+    if not any(on):
         return logits
-    kth = torch.topk(logits, k).values[-1]
+    top = torch.topk(logits, max(k for k, o in zip(ks, on) if o), dim=-1).values
+    kth = top.gather(-1, torch.tensor([k - 1 if o else 0 for k, o in zip(ks, on)])[:, None])
+    kth = kth.masked_fill(~torch.tensor(on)[:, None], float("-inf"))
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
-def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose probability reaches p (at least one)."""
-    if p >= 1.0:
+def filter_top_p(logits: torch.Tensor, ps: Sequence[float]) -> torch.Tensor:
+    """Per row of logits [rows, vocab]: keep the smallest set of most likely tokens whose
+    probability reaches its p (at least one; p = 1: off)."""
+    if all(p >= 1.0 for p in ps):
         return logits
-    sorted_logits, order = torch.sort(logits, descending=True)
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
     probs = torch.softmax(sorted_logits, dim=-1)
     # A token is dropped when the tokens before it already reach p.
     before = torch.cumsum(probs, dim=-1) - probs
-    drop_sorted = before >= p
-    drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
+    limit = torch.tensor([p if p < 1.0 else float("inf") for p in ps])[:, None]
+    drop_sorted = before >= limit
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
+
+
+def next_tokens(
+    logits: torch.Tensor,
+    contexts: Sequence[Sequence[int]],
+    configs: Sequence[SamplingConfig],
+    generators: Sequence[torch.Generator | None],
+) -> list[int]:
+    """The next token of every row of logits [rows, vocab], row r with its own context,
+    settings and generator.
+
+    A row's token does not depend on the other rows (tested), so a seeded request
+    gets the same reply alone or batched. Every operation works row by row, and
+    each sampled row draws ONE uniform number from its generator and inverts the
+    cumulative distribution of what the filters kept: the same draw as a
+    multinomial, but one cheap random number per row instead of one per
+    vocabulary entry, and one batched operation for all rows. The math runs in
+    fp32 (the cumulative sum in fp64) on CPU whatever the model's dtype and
+    device, so a seeded draw is the same for every backend.
+    """
+    logits = logits.float().cpu()
+    logits = apply_repetition_penalty(logits, contexts, [c.repetition_penalty for c in configs])
+    greedy = [c.greedy for c in configs]
+    if all(greedy):
+        return logits.argmax(dim=-1).tolist()
+    temperature = torch.tensor([c.temperature for c in configs])[:, None]
+    kept = filter_top_k(logits / temperature, [c.top_k for c in configs])
+    kept = filter_top_p(kept, [c.top_p for c in configs])
+    cdf = torch.cumsum(torch.softmax(kept, dim=-1), dim=-1, dtype=torch.float64)
+    total = cdf[:, -1]
+    uniform = torch.cat(
+        [
+            torch.rand(1, dtype=torch.float64, generator=g)
+            for g, gr in zip(generators, greedy)
+            if not gr
+        ]
+    )
+    sampled = [r for r, gr in enumerate(greedy) if not gr]
+    # Strictly below the total, so the first entry above it is a token of non-zero probability.
+    target = torch.minimum(
+        uniform * total[sampled], torch.nextafter(total[sampled], total.new_zeros(()))
+    )
+    drawn = torch.searchsorted(cdf[sampled], target[:, None], right=True)[:, 0].tolist()
+    if not any(greedy):
+        return drawn
+    argmax = logits.argmax(dim=-1).tolist()
+    draws = iter(drawn)
+    return [argmax[r] if gr else next(draws) for r, gr in enumerate(greedy)]
 
 
 def next_token(
     logits: torch.Tensor,
-    context: list[int],
+    context: Sequence[int],
     cfg: SamplingConfig,
     generator: torch.Generator | None = None,
 ) -> int:
-    """The next token id from one position's logits [vocab].
-
-    The math runs in fp32 on CPU whatever the model's dtype and device, so a
-    seeded draw is the same for every backend.
-    """
-    logits = apply_repetition_penalty(logits.float().cpu(), context, cfg.repetition_penalty)
-    if cfg.greedy:
-        return int(torch.argmax(logits))
-    logits = filter_top_p(filter_top_k(logits / cfg.temperature, cfg.top_k), cfg.top_p)
-    probs = torch.softmax(logits, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    """The next token id from one position's logits [vocab] (`next_tokens` on one row)."""
+    return next_tokens(logits[None], [context], [cfg], [generator])[0]

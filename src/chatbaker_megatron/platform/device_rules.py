@@ -91,6 +91,7 @@ _host_storages: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # Weak: a destroyed group must be freed (each gloo group keeps a polling thread).
 _host_groups: weakref.WeakSet = weakref.WeakSet()
 _installed: list[TorchFunctionMode] = []
+_collective_names: dict[Any, str | None] = {}
 
 
 def enabled() -> bool:
@@ -223,6 +224,10 @@ class DeviceRulesMode(TorchFunctionMode):
                 _mark_host(result, _creation_site())
             return result
         result = func(*args, **kwargs)
+        # Most calls are attribute reads and queries (.shape, .dim(), .item()):
+        # nothing to tag, and no need to look at the inputs.
+        if not isinstance(result, (torch.Tensor, tuple, list)):
+            return result
         site = _host_origin(args, kwargs)
         if site is not None:
             _mark_host(result, site)
@@ -269,8 +274,19 @@ def _collective_name(func: Any) -> str | None:
 
     Every c10d collective with tensor arguments hands itself to the active
     torch function mode, so the check sits here, whoever the caller and
-    whatever alias it called.
+    whatever alias it called. The answer is remembered per function: the
+    mode sees tens of thousands of calls per training step.
     """
+    try:
+        return _collective_names[func]
+    except KeyError:
+        name = _collective_names[func] = _find_collective_name(func)
+        return name
+    except TypeError:  # an unhashable callable
+        return _find_collective_name(func)
+
+
+def _find_collective_name(func: Any) -> str | None:
     inner = inspect.unwrap(func) if hasattr(func, "__wrapped__") else func
     if getattr(inner, "__module__", None) != _C10D:
         return None

@@ -15,28 +15,28 @@ torch's.
 dist_checkpointing collects write results through a multiprocessing Manager,
 a server process started on a rank's first save that never notices its rank
 dying: every rank killed by kill -9 (and every in-job restart after one)
-left it running for good (~570 MB each). It now dies with its rank.
+left it running for good (~570 MB each). It now dies with its rank, and on
+Linux it is forked rather than spawned (see get_write_results_queue).
 """
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import multiprocessing
 import os
-import signal
 import sys
 from multiprocessing.managers import SyncManager
 from typing import Any
 
 import torch
 
+from chatbaker_megatron.platform.lifetime import die_with
+
 _applied: list[str] = []
 
 TORCH_ADAM_FIX = "torch-Adam step on reshardable load"
 RESULTS_MANAGER_FIX = "checkpoint write-results Manager dies with its rank"
 FIXES = (TORCH_ADAM_FIX, RESULTS_MANAGER_FIX)
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def uses_torch_adam() -> bool:
@@ -66,15 +66,6 @@ def _fix_torch_adam_step_on_load() -> None:
     optimizer_cls.load_state_dict = load_state_dict_unsharing_step
 
 
-def _die_with(parent_pid: int) -> None:
-    """Runs first in the Manager's server process: be killed when the rank ends."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # the rank died before prctl took effect
-        os._exit(1)
-
-
 def _fix_results_manager_outliving_its_rank() -> None:
     fs_async = importlib.import_module(
         "megatron.core.dist_checkpointing.strategies.filesystem_async"
@@ -83,8 +74,11 @@ def _fix_results_manager_outliving_its_rank() -> None:
     def get_write_results_queue(mp_mode: str = "spawn") -> Any:
         if fs_async._results_queue is None:
             # What megatron's `ctx.Manager().Queue()` does, plus the initializer.
-            manager = SyncManager(ctx=multiprocessing.get_context(mp_mode))
-            manager.start(initializer=_die_with, initargs=(os.getpid(),))
+            # Forked on Linux: a spawned server re-imports the rank's main module
+            # and torch, seconds of CPU per rank per run, only to serve a queue.
+            start = "fork" if sys.platform.startswith("linux") else mp_mode
+            manager = SyncManager(ctx=multiprocessing.get_context(start))
+            manager.start(initializer=die_with, initargs=(os.getpid(),))
             fs_async._results_queue = manager.Queue()
         return fs_async._results_queue
 

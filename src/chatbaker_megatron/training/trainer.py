@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from chatbaker_megatron import parallel
+from chatbaker_megatron.checkpoint.background import BackgroundSaves
 from chatbaker_megatron.checkpoint.layout import iteration_dir, last_good, latest_checkpoint
 from chatbaker_megatron.checkpoint.load import load_checkpoint, resume_checkpoint
 from chatbaker_megatron.checkpoint.save import save_checkpoint
@@ -124,6 +125,7 @@ class Trainer:
             cfg.train.straggler_factor, cfg.train.straggler_intervals
         )
         self.compute_timer = ComputeTimer(self.engine.chunks, self.ctx.platform)
+        self.background = BackgroundSaves() if cfg.checkpoint.async_save else None
         self.watchdog = HangWatchdog(
             cfg.run_dir,
             self.ctx.rank,
@@ -190,17 +192,32 @@ class Trainer:
             plat=self.ctx.platform,
         )
 
-    def save(self, finite: bool = True) -> None:
-        """`finite`: the last step's loss and grad norm were finite (pruning keeps the newest such)."""
+    def save(self, finite: bool = True, *, background: bool = False) -> None:
+        """`finite`: the last step's loss and grad norm were finite (pruning keeps the newest such).
+
+        `background` (periodic saves): with checkpoint.async_save, return once the
+        state is snapshotted and let `_publish_background_save` finish it later.
+        """
+        args = (checkpoint_dir(self.cfg), self.engine, self.state, self.config_dict)
+        keep_last = self.cfg.checkpoint.keep_last
         with self.watchdog.long_operation("a checkpoint save"):
-            save_checkpoint(
-                checkpoint_dir(self.cfg),
-                self.engine,
-                self.state,
-                self.config_dict,
-                keep_last=self.cfg.checkpoint.keep_last,
-                finite=finite,
-            )
+            if self.background is None:
+                save_checkpoint(*args, keep_last=keep_last, finite=finite)
+            elif background:
+                self.background.start(*args, keep_last=keep_last, finite=finite)
+            else:
+                self.background.wait()
+                save_checkpoint(*args, keep_last=keep_last, finite=finite)
+
+    def _publish_background_save(self, wait: bool) -> None:
+        """Collective: publish the background checkpoint once every rank wrote it."""
+        if self.background is None or self.background.in_flight is None:
+            return
+        if wait:
+            with self.watchdog.long_operation("waiting for a background checkpoint"):
+                self.background.wait()
+        else:
+            self.background.poll()
 
     def evaluate(self) -> float | None:
         if self.data.valid is None:
@@ -303,6 +320,8 @@ class Trainer:
         try:
             return self._loop()
         finally:
+            if self.background is not None:  # a writer still running here is from a failed run
+                self.background.abort()
             self.watchdog.stop()
 
     def _loop(self) -> TrainState:
@@ -340,6 +359,7 @@ class Trainer:
             )
             self.compute_timer.stop()
             self.watchdog.progress()
+            self._publish_background_save(wait=False)
             finite = result.update_successful or result.spike  # a spike's loss is finite
             if result.update_successful:
                 consecutive_skips = 0
@@ -367,15 +387,18 @@ class Trainer:
                     if self.rank0:
                         log.info("iter %d | validation loss %.4f", it, valid_loss)
             if cfg.checkpoint.save_interval and it % cfg.checkpoint.save_interval == 0:
-                self.save(finite)
+                self.save(finite, background=True)
             if self._should_exit(it - start_iteration, started, self.stop):
                 break
+        self._publish_background_save(wait=True)
         if cfg.checkpoint.save_on_exit and not self._saved_at(self.state.iteration):
             self.save(finite)
         self.metrics.close()
         return self.state
 
     def _saved_at(self, iteration: int) -> bool:
+        """Whether `iteration` is checkpointed (a background save in flight is published first)."""
+        self._publish_background_save(wait=True)
         return os.path.isdir(iteration_dir(checkpoint_dir(self.cfg), iteration))
 
     def _should_exit(self, steps_this_run: int, started: float, stop: _StopSignal) -> bool:

@@ -22,9 +22,13 @@ import numpy as np
 from megatron.core.datasets.indexed_dataset import (
     _INDEX_HEADER,
     DType,
+    IndexedDataset,
     get_bin_path,
     get_idx_path,
 )
+
+from chatbaker_megatron.data.datasets.meta import check_tokenizer
+from chatbaker_megatron.data.tokenizer.load import ChatBakerTokenizer
 
 # magic (9) + version (8) + dtype code (1) + sequence count (8) + document count (8)
 HEADER_BYTES = len(_INDEX_HEADER) + 8 + 1 + 8 + 8
@@ -114,3 +118,14 @@ def check_indexed_dataset(prefix: str, setting: str, *, vocab_size: int | None =
             )
     elif vocab_size is not None:
         raise fail(f"{bin_} stores {np.dtype(dtype).name} values, expected integer token ids")
+
+
+def check_dataset(
+    prefix: str, setting: str, tokenizer: ChatBakerTokenizer, writer: str
+) -> dict | None:
+    """A dataset a config names: present (else `writer`, the command that makes it, is named),
+    whole, and preprocessed with `tokenizer`; its sidecar metadata, if it has one."""
+    if not IndexedDataset.exists(prefix):
+        raise FileNotFoundError(f"{setting}: no {prefix}.bin/.idx (write it with `{writer}`)")
+    check_indexed_dataset(prefix, setting, vocab_size=tokenizer.vocab_size)
+    return check_tokenizer(prefix, tokenizer, setting)

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
-from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from chatbaker_megatron.config.data import cache_dir, resolve_path
 from chatbaker_megatron.data.datasets.index_cache import (
@@ -24,8 +23,7 @@ from chatbaker_megatron.data.datasets.index_cache import (
     every_rank,
     node_cache_dir,
 )
-from chatbaker_megatron.data.datasets.integrity import check_indexed_dataset
-from chatbaker_megatron.data.datasets.meta import check_tokenizer
+from chatbaker_megatron.data.datasets.integrity import check_dataset
 from chatbaker_megatron.data.tokenizer.load import ChatBakerTokenizer
 
 
@@ -34,14 +32,8 @@ def dataset_prefixes(cfg: Any, tokenizer: ChatBakerTokenizer) -> list[str]:
     prefixes = []
     for i, dataset in enumerate(cfg.datasets):
         prefix = resolve_path(cfg.root, dataset.path)
-        if not IndexedDataset.exists(prefix):
-            raise FileNotFoundError(
-                f"data.datasets[{i}].path={dataset.path!r}: no {prefix}.bin/.idx "
-                "(write it with `chatbaker preprocess`)"
-            )
         setting = f"data.datasets[{i}].path={dataset.path!r}"
-        check_indexed_dataset(prefix, setting, vocab_size=tokenizer.vocab_size)
-        meta = check_tokenizer(prefix, tokenizer, setting)
+        meta = check_dataset(prefix, setting, tokenizer, "chatbaker preprocess")
         if meta is not None and meta.get("format") != "text":
             raise ValueError(
                 f"data.datasets[{i}].path={dataset.path!r}: a {meta.get('format')} "

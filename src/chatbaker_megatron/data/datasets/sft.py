@@ -29,8 +29,7 @@ import torch
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from chatbaker_megatron.config.data import resolve_path
-from chatbaker_megatron.data.datasets.integrity import check_indexed_dataset
-from chatbaker_megatron.data.datasets.meta import check_tokenizer
+from chatbaker_megatron.data.datasets.integrity import check_dataset
 from chatbaker_megatron.data.datasets.packing import (
     Packing,
     fit_whole_turns,
@@ -124,14 +123,8 @@ class SFTDataset(torch.utils.data.Dataset):
 def open_sft_store(cfg: Any, tokenizer: ChatBakerTokenizer) -> IndexedDataset:
     """The preprocessed conversation set of `data.sft.path`, checked against tokenizer and template."""
     prefix = resolve_path(cfg.root, cfg.sft.path)
-    if not IndexedDataset.exists(prefix):
-        raise FileNotFoundError(
-            f"data.sft.path={cfg.sft.path!r}: no {prefix}.bin/.idx "
-            "(write it with `chatbaker preprocess --format sft`)"
-        )
     setting = f"data.sft.path={cfg.sft.path!r}"
-    check_indexed_dataset(prefix, setting, vocab_size=tokenizer.vocab_size)
-    meta = check_tokenizer(prefix, tokenizer, setting)
+    meta = check_dataset(prefix, setting, tokenizer, "chatbaker preprocess --format sft")
     if meta is None or meta.get("format") != "sft":
         raise ValueError(
             f"data.sft.path={cfg.sft.path!r}: not written by `chatbaker preprocess --format sft`"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import signal
 import sys
@@ -10,6 +11,11 @@ import sys
 from chatbaker_megatron.data.corpus import ON_ERROR_CHOICES, BadInputError
 from chatbaker_megatron.data.preprocess.disk_space import OutputDiskError
 from chatbaker_megatron.data.preprocess.pipeline import FORMATS, preprocess
+from chatbaker_megatron.data.preprocess.scaleout_cli import (
+    add_scaleout_arguments,
+    is_scaleout,
+    run_scaleout,
+)
 from chatbaker_megatron.data.preprocess.stop_signals import StopRequested
 from chatbaker_megatron.data.templates import TEMPLATES
 
@@ -20,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         required=True,
         metavar="FILE",
-        help="input files: .jsonl (one JSON object per line); for --format sft "
-        "also .json (a JSON array of conversations)",
+        help="input files or quoted globs (each glob's matches sorted), in order: .jsonl "
+        "(one JSON object per line); for --format sft also .json (a JSON array of conversations)",
     )
     parser.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer directory")
     parser.add_argument(
@@ -38,10 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        default=os.cpu_count() or 1,
         metavar="N",
-        help="encoding processes; 0 encodes in this process "
-        "(default: the number of CPUs, %(default)s)",
+        help="encoding processes; 0 encodes in this process (default: the number of CPUs, "
+        f"{os.cpu_count() or 1}; with --tasks: per task, 0 locally, --cpus-per-task on SLURM)",
     )
     parser.add_argument(
         "--format",
@@ -74,17 +79,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-progress", action="store_false", dest="progress", help="no progress bar"
     )
+    add_scaleout_arguments(parser)
+
+
+def input_paths(patterns: list[str]) -> list[str]:
+    """The input files in order; a pattern that is not a file is a glob (its matches sorted)."""
+    paths = []
+    for pattern in patterns:
+        if os.path.isfile(pattern) or not glob.has_magic(pattern):
+            paths.append(pattern)
+            continue
+        matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+        if not matches:
+            raise FileNotFoundError(f"{pattern}: no input file matches")
+        paths += matches
+    return paths
 
 
 def run(args: argparse.Namespace) -> int:
     try:
+        inputs = input_paths(args.input)
+        if is_scaleout(args):
+            return run_scaleout(args, inputs)
         stats = preprocess(
-            args.input,
+            inputs,
             args.tokenizer,
             args.output_prefix,
             fmt=args.fmt,
             json_key=args.json_key,
-            workers=args.workers,
+            workers=(os.cpu_count() or 1) if args.workers is None else args.workers,
             chat_template=args.chat_template,
             seq_length=args.seq_length,
             on_error=args.on_error,

@@ -103,6 +103,12 @@ class AtomicIndexedWriter:
             self.builder.add_document(chunk.tokens[begin:end], lengths[first : first + step])
         self.data_bytes += int(chunk.seq_lengths.sum()) * np.dtype(self.builder.dtype).itemsize
 
+    def add_dataset(self, prefix: str) -> None:
+        """Append a whole indexed dataset of the same dtype (megatron's add_index: its index
+        entries, then its .bin copied as it is)."""
+        self.builder.add_index(prefix)
+        self.data_bytes += os.path.getsize(get_bin_path(prefix))
+
     def commit(self, meta: dict) -> None:
         self.builder.finalize(get_idx_path(self.partial))
         with open(meta_path(self.partial), "w", encoding="utf-8") as f:

@@ -131,6 +131,19 @@ def _disk_error(
     )
 
 
+def check_arguments(inputs: list[str], *, fmt: str, workers: int, seq_length: int) -> None:
+    """Fail on impossible arguments and missing inputs before any work starts."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format={fmt!r}: expected one of {', '.join(FORMATS)}")
+    if workers < 0:
+        raise ValueError(f"--workers={workers}: expected >= 0")
+    if seq_length < 1:
+        raise ValueError(f"--seq-length={seq_length}: expected >= 1")
+    for path in inputs:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such input file")
+
+
 def preprocess(
     inputs: list[str],
     tokenizer_dir: str,
@@ -143,21 +156,18 @@ def preprocess(
     seq_length: int = 2048,
     on_error: str = "fail",
     progress: bool = True,
+    progress_label: str = "preprocess",
+    allow_empty: bool = False,
 ) -> PreprocessStats:
-    """Write `output_prefix`.bin/.idx/.meta.json from `inputs`; returns the counts for the summary."""
+    """Write `output_prefix`.bin/.idx/.meta.json from `inputs`; returns the counts for the summary.
+
+    No usable record is an error unless `allow_empty` (a part of a scale-out
+    job: the merge decides whether the whole job is empty)."""
     # megatron (via indexed_writer) takes seconds to import: only when writing,
     # so that `chatbaker preprocess --help` stays instant.
     from chatbaker_megatron.data.preprocess.indexed_writer import AtomicIndexedWriter, token_dtype
 
-    if fmt not in FORMATS:
-        raise ValueError(f"format={fmt!r}: expected one of {', '.join(FORMATS)}")
-    if workers < 0:
-        raise ValueError(f"--workers={workers}: expected >= 0")
-    if seq_length < 1:
-        raise ValueError(f"--seq-length={seq_length}: expected >= 1")
-    for path in inputs:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no such input file")
+    check_arguments(inputs, fmt=fmt, workers=workers, seq_length=seq_length)
     tokenizer = load_tokenizer(tokenizer_dir)
     dtype = token_dtype(tokenizer.vocab_size)
     if fmt == "sft":
@@ -176,7 +186,7 @@ def preprocess(
         total=input_total,
         unit="B",
         unit_scale=True,
-        desc="preprocess",
+        desc=progress_label,
         disable=not progress,
         file=sys.stderr,
     )
@@ -203,7 +213,7 @@ def preprocess(
                 )
                 bar.update(size)
                 input_done += size
-            if stats.docs == 0:
+            if stats.docs == 0 and not allow_empty:
                 raise BadInputError(f"no usable records in {', '.join(inputs)}")
             stats.seconds = time.perf_counter() - start
             writer.commit(

@@ -1,0 +1,145 @@
+"""`chatbaker serve`: the OpenAI-compatible chat server and web page (docs/serve.md).
+
+The model runs in transformers (the batched engine needs a per-row padded KV
+cache, which megatron's static inference context does not offer), so
+--checkpoint is first exported to a temporary HF folder with export-hf's
+code; --hf is loaded as it is. The sampling options are the defaults for
+the fields a request leaves out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI
+
+from chatbaker_megatron.inference.backends import HFBackend
+from chatbaker_megatron.inference.chat_cli import turn_stops
+from chatbaker_megatron.inference.filters import InputFilter, load_filter
+from chatbaker_megatron.inference.options import (
+    add_model_arguments,
+    add_sampling_arguments,
+    add_template_arguments,
+    chat_template,
+    sampling_config,
+)
+from chatbaker_megatron.serve.app import ServedModel, create_app
+from chatbaker_megatron.serve.engine import Engine
+from chatbaker_megatron.serve.moderation import ModerationFilter
+from chatbaker_megatron.serve.request_log import RequestLog
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    add_template_arguments(parser)
+    parser.add_argument(
+        "--model-name", default=None, help="the id /v1/models lists (default: the folder's name)"
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="accept only requests with `Authorization: Bearer KEY` (repeatable; default: open)",
+    )
+    parser.add_argument("--max-batch", type=int, default=16, help="requests decoded together")
+    parser.add_argument(
+        "--max-queue", type=int, default=64, help="requests waiting for a row; more get 429"
+    )
+    parser.add_argument(
+        "--moderation-url",
+        default=None,
+        metavar="URL",
+        help="also screen inputs with the OpenAI-compatible API at URL (http://host:port/v1)",
+    )
+    parser.add_argument("--moderation-key", default=None, help="API key of the moderation service")
+    parser.add_argument("--moderation-model", default=None, help="moderation model to ask for")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's); leave a core to the HTTP side",
+    )
+    parser.add_argument(
+        "--request-log", default=None, metavar="PATH", help="append one JSON line per exchange"
+    )
+    add_sampling_arguments(parser, max_new_tokens=256, repetition_penalty=1.1)
+
+
+def _load_model(args: argparse.Namespace) -> tuple[HFBackend, str]:
+    if args.hf:
+        if args.tokenizer:
+            raise ValueError(
+                "--tokenizer goes with --checkpoint; an HF folder has its own tokenizer"
+            )
+        return HFBackend(args.hf), Path(args.hf).resolve().name
+    from chatbaker_megatron.checkpoint.reader import MegatronCheckpoint
+    from chatbaker_megatron.convert.export_hf import export_hf
+
+    source = MegatronCheckpoint(args.checkpoint)
+    name = str(source.config.get("name") or source.path.parent.name)
+    with tempfile.TemporaryDirectory(prefix="chatbaker-serve-") as tmp:
+        export_hf(source.path, Path(tmp) / "hf", tokenizer_dir=args.tokenizer, progress=False)
+        return HFBackend(Path(tmp) / "hf"), name
+
+
+def build_app(args: argparse.Namespace) -> FastAPI:
+    """The app for these arguments, model loaded; its engine starts with the server."""
+    defaults = sampling_config(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    filters: list[InputFilter] = [f for f in [load_filter(args.input_filter)] if f is not None]
+    if args.moderation_url:
+        filters.append(
+            ModerationFilter(args.moderation_url, args.moderation_key, args.moderation_model)
+        )
+    backend, name = _load_model(args)
+    template = chat_template(args, backend)
+    stop_ids, stop_strings = turn_stops(template, backend.tokenizer)
+    engine = Engine(
+        backend.model,
+        backend.tokenizer,
+        backend.max_length,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+    )
+    served = ServedModel(
+        model_id=args.model_name or name,
+        tokenizer=backend.tokenizer,
+        template=template,
+        max_length=backend.max_length,
+        defaults=defaults,
+        turn_stop_ids=stop_ids,
+        turn_stop_strings=stop_strings,
+        system=args.system,
+    )
+    request_log = RequestLog(args.request_log) if args.request_log else None
+    return create_app(
+        engine,
+        served,
+        api_keys=tuple(args.api_key),
+        filters=tuple(filters),
+        request_log=request_log,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    app = build_app(args)
+    base = f"http://{args.host}:{args.port}"
+    key = f' -H "Authorization: Bearer {args.api_key[0]}"' if args.api_key else ""
+    print(f"== chat page: {base}/   (OpenAI API: {base}/v1)")
+    print(
+        f"== try: curl {base}/v1/chat/completions{key} -H 'Content-Type: application/json' "
+        f'-d \'{{"model": "{app.state.served.model_id}", '
+        f'"messages": [{{"role": "user", "content": "안녕하세요?"}}]}}\'',
+        flush=True,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0

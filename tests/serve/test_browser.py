@@ -1,0 +1,270 @@
+"""The chat page at `/` in a real browser: Debian's chromium, driven by selenium.
+
+The page talks to the live test server (`served`, tests/serve/conftest.py: the
+tiny model behind a blocklist filter and an API key). The tests watch what a
+person would see: the answer growing while it streams (a MutationObserver
+records the answer's length at each DOM update), the filter's refusal as a
+notice, what the page sends (fetch is wrapped to record request bodies), the
+stop button, the Korean IME guard and a narrow window. The screenshot for the
+README is taken here: docs/images/serve-chat.png.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "serve-chat.png"
+MAX_TOKENS = 24
+WAIT_S = 30
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
+    reason=f"no {CHROMIUM} or {CHROMEDRIVER}: install Debian's chromium and chromium-driver "
+    "(`make browser` does, as root)",
+)
+
+# Records each POST body the page sends (window.__sent) and, per DOM update
+# batch, the length of the newest answer started after this ran (window.__lengths).
+WATCH_JS = """
+if (!window.__sent) {
+  window.__sent = [];
+  const realFetch = window.fetch;
+  window.fetch = (url, options) => {
+    if (options && options.body) window.__sent.push(JSON.parse(options.body));
+    return realFetch(url, options);
+  };
+}
+if (window.__observer) window.__observer.disconnect();
+window.__lengths = [];
+const answersBefore = document.querySelectorAll("#log .assistant").length;
+window.__observer = new MutationObserver(() => {
+  const answers = document.querySelectorAll("#log .assistant .text");
+  if (answers.length > answersBefore) window.__lengths.push(answers[answers.length - 1].textContent.length);
+});
+window.__observer.observe(document.getElementById("log"), {childList: true, subtree: true, characterData: true});
+"""
+
+ENTER_JS = """
+const [input, composing, keyCode] = arguments;
+input.dispatchEvent(new KeyboardEvent("keydown", {
+  key: "Enter", code: "Enter", keyCode, isComposing: composing, bubbles: true, cancelable: true,
+}));
+"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",  # root in a container
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+        "--window-size=900,900",
+    ):
+        options.add_argument(arg)
+    # The driver's path given: selenium does not run Selenium Manager (no downloads).
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+    yield driver
+    driver.quit()
+
+
+def wait(driver, condition, message: str):
+    return WebDriverWait(driver, WAIT_S, poll_frequency=0.05).until(condition, message=message)
+
+
+@pytest.fixture(scope="module")
+def page(browser, served):
+    """The page with the API key entered, greedy sampling and short answers."""
+    browser.get(served.base_url + "/")
+    settings = browser.find_element(By.ID, "settings")
+    if served.api_key:
+        # Without the key the page cannot list the model: it says so and opens Settings.
+        status = browser.find_element(By.ID, "status")
+        wait(browser, lambda d: "API key" in status.text, "no notice asking for the API key")
+        assert settings.get_attribute("open") is not None
+        browser.find_element(By.ID, "api-key").send_keys(served.api_key, Keys.TAB)
+        # The key is kept in localStorage: a reload still lists the model.
+        model = browser.find_element(By.ID, "model")
+        wait(browser, lambda d: model.text == served.model_id, "model id not shown")
+        browser.refresh()
+    model = browser.find_element(By.ID, "model")
+    wait(browser, lambda d: model.text == served.model_id, "model id not shown after reload")
+    if browser.find_element(By.ID, "settings").get_attribute("open") is None:
+        browser.find_element(By.CSS_SELECTOR, "#settings summary").click()
+    for field, value in (("temperature", "0"), ("max-tokens", str(MAX_TOKENS))):
+        box = browser.find_element(By.ID, field)
+        box.clear()
+        box.send_keys(value, Keys.TAB)
+    browser.find_element(By.CSS_SELECTOR, "#settings summary").click()  # fold it again
+    return browser
+
+
+def new_chat(driver) -> None:
+    driver.find_element(By.ID, "new-chat").click()
+    driver.execute_script(WATCH_JS)
+
+
+def type_and_send(driver, text: str) -> None:
+    box = driver.find_element(By.ID, "input")
+    box.send_keys(text)
+    box.send_keys(Keys.ENTER)
+
+
+def finished_answers(driver) -> list[str]:
+    """The answers' texts once no answer is streaming any more."""
+    wait(
+        driver,
+        lambda d: (
+            not d.find_elements(By.CSS_SELECTOR, '#log .assistant[aria-busy="true"]')
+            and d.find_element(By.ID, "send").is_enabled()
+        ),
+        "an answer did not finish",
+    )
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#log .assistant .text')].map(e => e.textContent)"
+    )
+
+
+def js_length(driver, text: str) -> int:
+    """The length the page's JavaScript sees (UTF-16 units, as the observer records)."""
+    return driver.execute_script("return arguments[0].length", text)
+
+
+def test_korean_message_streams_token_by_token(page, served):
+    new_chat(page)
+    type_and_send(page, "안녕하세요, 자기소개를 해 주세요.")
+    wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#log .assistant"), "no answer bubble")
+    (answer,) = finished_answers(page)
+    assert answer.strip(), "the answer is empty"
+
+    lengths = page.execute_script("return window.__lengths")
+    partial = sorted({n for n in lengths if 0 < n < js_length(page, answer)})
+    assert len(partial) > 1, f"the answer did not grow while streaming: lengths {lengths}"
+
+    (sent,) = page.execute_script("return window.__sent")
+    assert sent["messages"] == [{"role": "user", "content": "안녕하세요, 자기소개를 해 주세요."}]
+    assert sent["model"] == served.model_id
+    assert sent["stream"] is True
+    assert (sent["temperature"], sent["max_tokens"]) == (0, MAX_TOKENS)
+    user = page.find_element(By.CSS_SELECTOR, "#log .user .text").text
+    assert user == "안녕하세요, 자기소개를 해 주세요."
+
+
+def test_filtered_message_is_refused_politely(page, served):
+    new_chat(page)
+    type_and_send(page, f"{served.blocked_word} 에 대해 알려줘")
+    notice = wait(
+        page,
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#log .notice"),
+        "no notice for the refused message",
+    )[0]
+    assert "rephrase" in notice.text
+    assert "error" not in notice.get_attribute("class").split()  # a notice, not a failure
+    assert served.blocked_word in notice.text  # the server's reason names the term
+    assert page.find_elements(By.CSS_SELECTOR, "#log .assistant") == []
+    assert "refused" in page.find_element(By.CSS_SELECTOR, "#log .user").get_attribute("class")
+    assert page.find_element(By.ID, "send").is_enabled()
+
+
+def test_history_and_korean_ime_guard(page, served):
+    new_chat(page)
+    type_and_send(page, "서울은 어떤 도시인가요?")
+    (first,) = finished_answers(page)
+    type_and_send(page, f"{served.blocked_word}!")
+    wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#log .notice"), "not refused")
+
+    box = page.find_element(By.ID, "input")
+    box.send_keys("부산은요")
+    sent_before = len(page.execute_script("return window.__sent"))
+    # Enter while the IME composes a syllable (isComposing; older browsers: keyCode 229).
+    page.execute_script(ENTER_JS, box, True, 13)
+    page.execute_script(ENTER_JS, box, False, 229)
+    assert box.get_attribute("value") == "부산은요"
+    assert len(page.execute_script("return window.__sent")) == sent_before
+    # The same event once composition has ended does send.
+    page.execute_script(ENTER_JS, box, False, 13)
+    answers = finished_answers(page)
+    assert len(answers) == 2
+    assert box.get_attribute("value") == ""
+
+    last = page.execute_script("return window.__sent")[-1]
+    assert last["messages"] == [
+        {"role": "user", "content": "서울은 어떤 도시인가요?"},
+        {"role": "assistant", "content": first},
+        {"role": "user", "content": "부산은요"},
+    ]
+    page.execute_script("document.activeElement.blur()")  # no blinking caret in the picture
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    SCREENSHOT.write_bytes(page.get_screenshot_as_png())
+
+
+def test_stop_button_ends_the_stream(page):
+    new_chat(page)
+    # Press Stop from the observer at the first piece of the answer, so the
+    # stream is certainly still running when it is pressed.
+    page.execute_script("""
+      const observer = new MutationObserver(() => {
+        const text = document.querySelector("#log .assistant .text");
+        if (text && text.textContent) {
+          observer.disconnect();
+          window.__atStop = text.textContent.length;
+          document.getElementById("stop").click();
+        }
+      });
+      observer.observe(document.getElementById("log"), {childList: true, subtree: true});
+    """)
+    assert not page.find_element(By.ID, "stop").is_enabled()
+    type_and_send(page, "긴 이야기를 들려주세요")
+    (answer,) = finished_answers(page)
+    item = page.find_element(By.CSS_SELECTOR, "#log .assistant")
+    assert item.get_attribute("data-state") == "stopped"
+    assert "(stopped)" in item.text
+    assert js_length(page, answer) == page.execute_script("return window.__atStop")
+    assert not page.find_element(By.ID, "stop").is_enabled()
+
+    # The server keeps serving and the stopped answer is part of the history.
+    type_and_send(page, "계속")
+    assert len(finished_answers(page)) == 2
+    assert page.execute_script("return window.__sent")[-1]["messages"][1] == {
+        "role": "assistant",
+        "content": answer,
+    }
+
+
+def test_labels_and_narrow_window(page):
+    unlabelled = page.execute_script(
+        "return [...document.querySelectorAll('input, textarea')]"
+        ".filter(e => !e.labels.length).map(e => e.id)"
+    )
+    assert unlabelled == []
+    assert page.find_element(By.ID, "log").get_attribute("aria-live") == "polite"
+
+    # A phone-sized viewport (a headless window cannot be made that narrow).
+    page.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 360, "height": 740, "deviceScaleFactor": 1, "mobile": True},
+    )
+    try:
+        width, scroll_width = page.execute_script(
+            "const root = document.documentElement; return [root.clientWidth, root.scrollWidth]"
+        )
+        assert width == 360
+        assert scroll_width <= width, f"the page is {scroll_width}px wide in a 360px window"
+        for control in ("input", "send", "stop"):
+            box = page.find_element(By.ID, control).rect
+            assert box["x"] >= 0 and box["x"] + box["width"] <= width, control
+    finally:
+        page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
