@@ -88,13 +88,15 @@ def worker_errors_to(path: str) -> Iterator[None]:
         handler.close()
 
 
-def read_worker_errors(path: str) -> list[str]:
-    """What worker_errors_to wrote, if anything."""
+def take_worker_errors(path: str) -> list[str]:
+    """What worker_errors_to wrote, if anything (the file is removed)."""
     try:
         with open(path, encoding="utf-8") as f:
-            return f.read().splitlines()
+            lines = f.read().splitlines()
     except OSError:
         return []
+    os.remove(path)
+    return lines
 
 
 def os_errno(err: BaseException, logged: Sequence[str] = ()) -> int | None:

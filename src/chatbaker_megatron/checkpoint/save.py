@@ -32,9 +32,9 @@ from torch.distributed.checkpoint import CheckpointException
 from chatbaker_megatron.checkpoint.disk import (
     checkpoint_bytes,
     most_telling,
-    read_worker_errors,
     room_problem,
     save_failure,
+    take_worker_errors,
     worker_errors,
     worker_errors_to,
 )
@@ -245,7 +245,9 @@ def start_background_write(
                 finalizer()
         except (Exception, CheckpointException) as err:
             log.debug("background checkpoint write failed", exc_info=True)
-            error = save_failure(tmp, err, _previous_bytes(root), read_worker_errors(errors_file))
+            error = save_failure(tmp, err, _previous_bytes(root), take_worker_errors(errors_file))
+        # Neither bookkeeping file may stay in a published checkpoint.
+        take_worker_errors(errors_file)
         known = take_records(records_file)
         _complete(root, final, tmp, Manifest(iteration, finite), keep_last, error, known)
 
