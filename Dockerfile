@@ -3,7 +3,10 @@
 # Build:  docker build -t chatbaker-megatron .
 # Run:    docker run --gpus all chatbaker-megatron [train] [OVERRIDES]   (one node, all GPUs)
 #         multi-node: also -e MASTER_ADDR -e NNODES -e NODE_RANK; see launch/docker-entrypoint.sh
-FROM nvcr.io/nvidia/pytorch:25.01-py3
+# The base is the container megatron-core 0.19.x is tested on: Megatron-LM's
+# core_r0.19.0 CI builds on docker/.ngc_version.dev = pytorch:26.06-py3
+# (torch 2.13.0a0, CUDA 13.3, Python 3.12; versions in docs/gpu.md).
+FROM nvcr.io/nvidia/pytorch:26.06-py3
 
 # The ranks' environment (CUDA_DEVICE_MAX_CONNECTIONS, NCCL) is set by
 # src/chatbaker_megatron/launch.py, which the entrypoint runs.
@@ -15,21 +18,26 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /workspace/chatbaker_megatron
 
-# Dependencies first, for layer caching. The NGC image's own torch, numpy, TE,
-# flash-attn and apex are kept: the image's exact torch/numpy versions are
-# pinned as constraints on top of this project's other pins, and megatron-core
-# goes in without its dependencies, since its torch>=2.6.0 excludes the image's
-# 2.6.0a0 pre-release (pip would replace it, or refuse the pin).
+# Dependencies first, for layer caching. Every package the NGC image ships
+# (torch, numpy, TE, flash-attn, apex, ...) is kept at the image's version: the
+# constraints are this project's pins minus the image's packages, plus the
+# image's own `pip list` (the image's /etc/pip/constraint.txt is set aside for
+# this install, PIP_CONSTRAINT='', since it also pins build-only packages).
+# megatron-core goes in without its dependencies (torch, numpy, packaging: the
+# image's), as a0 pre-release torch builds do not satisfy torch>=2.6.0 for pip.
 COPY constraints.txt setup.py pyproject.toml README.md ./
 COPY src ./src
 COPY kernels ./kernels
 COPY conf ./conf
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-RUN grep -vE '^(torch|triton|numpy|nvidia-|cuda-)' constraints.txt > /tmp/constraints-ngc.txt \
-    && pip list --format=freeze | grep -E '^(torch|numpy)==' >> /tmp/constraints-ngc.txt \
+RUN pip list --format=freeze > /tmp/image-packages.txt \
+    && awk -F'[=<>!~; ]' 'function key(name) { name = tolower(name); gsub(/[-_.]+/, "-", name); return name } \
+           NR == FNR { image[key($1)] = 1; next } !(key($1) in image)' \
+           /tmp/image-packages.txt constraints.txt > /tmp/constraints-ngc.txt \
+    && cat /tmp/image-packages.txt >> /tmp/constraints-ngc.txt \
     && pip install --no-deps "megatron-core==0.19.2" \
     && CHATBAKER_BUILD_CUDA=1 pip install --no-deps --no-build-isolation -e . \
-    && pip install -c /tmp/constraints-ngc.txt hydra-core tokenizers \
+    && PIP_CONSTRAINT='' pip install -c /tmp/constraints-ngc.txt hydra-core tokenizers \
        transformers safetensors lm-eval rich tqdm psutil tensorboard matplotlib \
     && python -c "import chatbaker_megatron, megatron.core, importlib.util as u; assert u.find_spec('chatbaker_kernels._cuda_rmsnorm')"
 

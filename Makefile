@@ -9,7 +9,7 @@ PYTHON ?= $(shell scripts/find-python.sh)
 PYTEST_ARGS ?=
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: setup browser test demo demo-hf demo-chat demo-curate lint format check-cuda lint-docker ci clean gpu-check gpu-wheels
+.PHONY: setup browser test demo demo-hf demo-chat demo-curate demo-eval-chat demo-dpo lint format check-cuda lint-docker ci clean gpu-check gpu-wheels
 
 setup: $(STAMP)
 
@@ -88,6 +88,44 @@ demo-curate: setup
 	    --output-prefix runs/demo_curate/pretrain_$$lang --no-progress || exit 1; \
 	done
 	@echo "== report: runs/demo_curate/curated/report.md (+ .json, .png); datasets: runs/demo_curate/pretrain_{ko,en}"
+
+# Chat evaluation (docs/eval.md, "Chat models"): the demo PLM (`make demo`) and
+# its chat fine-tune (trained here when missing) served side by side, their
+# answers scored offline with the judge-free chrF metric; report and chart in
+# runs/eval_chat (the servers' logs too). The servers stop with the target.
+demo-eval-chat: setup
+	test -f runs/demo/checkpoints/latest || $(MAKE) demo
+	test -f runs/demo_sft/checkpoints/latest || $(BIN)/chatbaker train data=sft_demo train=sft \
+	  train.init_from=runs/demo/checkpoints run_dir=runs/demo_sft
+	rm -rf runs/eval_chat && mkdir -p runs/eval_chat
+	@$(BIN)/chatbaker serve --checkpoint runs/demo/checkpoints --model-name demo-plm --port 8101 \
+	  > runs/eval_chat/serve-plm.log 2>&1 & plm=$$!; \
+	$(BIN)/chatbaker serve --checkpoint runs/demo_sft/checkpoints --model-name demo-sft --port 8102 \
+	  > runs/eval_chat/serve-sft.log 2>&1 & sft=$$!; \
+	trap 'kill $$plm $$sft 2>/dev/null' EXIT; \
+	for port in 8101 8102; do \
+	  for i in $$(seq 180); do curl -sf http://127.0.0.1:$$port/health >/dev/null && break; sleep 1; done; \
+	done; \
+	$(BIN)/chatbaker eval-chat output=runs/eval_chat
+
+# Preference tuning (docs/training.md, "Preference tuning"): the demo SFT model
+# (trained here when missing) -> DPO on the bundled 200 pairs; prints the
+# held-out figures before and after, and greedy replies to identity prompts
+# from both models.
+IDENTITY_PROMPTS = "너는 누구야?" /reset "Who are you?" /reset "Are you ChatGPT?"
+demo-dpo: setup
+	test -f runs/demo/checkpoints/latest || $(MAKE) demo
+	test -f runs/demo_sft/checkpoints/latest || $(BIN)/chatbaker train data=sft_demo train=sft \
+	  train.init_from=runs/demo/checkpoints run_dir=runs/demo_sft
+	rm -rf runs/demo_dpo
+	$(BIN)/chatbaker train data=dpo_demo train=dpo train.init_from=runs/demo_sft/checkpoints \
+	  optim.lr=2e-4 optim.warmup_iters=3 run_dir=runs/demo_dpo
+	$(BIN)/python -m chatbaker_megatron.training.preference_report runs/demo_dpo
+	@for run in demo_sft demo_dpo; do \
+	  echo "== $$run: greedy replies"; \
+	  printf '%s\n' $(IDENTITY_PROMPTS) | $(BIN)/chatbaker chat --checkpoint runs/$$run/checkpoints \
+	    --greedy --max-new-tokens 40 || exit 1; \
+	done
 
 lint: setup
 	$(BIN)/ruff check src kernels tests benchmarks conf scripts

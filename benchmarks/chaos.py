@@ -1,6 +1,7 @@
 """Chaos benchmark: kill -9 and damaged checkpoints on real 2-rank runs; each must heal or resume.
 
     .venv/bin/python benchmarks/chaos.py [--trials 20] [--seed 0] [--iters 12] [--save-interval 3]
+                                         [--kinds rank,tree,shard,launcher,shared]
                                          [--async-save] [--workdir DIR] [--keep]
 
 Every trial is one run of the bundled tiny model on 2 CPU ranks through the
@@ -22,13 +23,21 @@ background writer runs). Each trial draws one fault at random:
   checkpoint `latest` named at the kill: self-healed.
 - tree: kill -9 of the launcher, torchrun and both ranks at once (a node
   failure), at the same three moments. Expected: running the same command
-  again resumes from the checkpoint `latest` names (or starts afresh when
-  there is none) and finishes: resumed.
+  again resumes from the checkpoint `latest` names (without a `latest`: the
+  newest complete one, or afresh when there is none) and finishes: resumed.
 - shard: a run is killed (whole tree) once it has two complete checkpoints;
   then one `*.distcp` of the checkpoint `latest` names is truncated to a
   random shorter size, deleted, or has 4 KiB overwritten with random bytes.
   Expected: the rerun sets that checkpoint aside as `iter_N.corrupt`, falls
   back to the previous complete one, resumes from it and finishes: resumed.
+- launcher: kill -9 of the launcher (`chatbaker train`) alone, at `step` or
+  `save`. Expected: torchrun and both ranks end with it within
+  ORPHAN_GRACE_S (they used to train on with the run-dir lock released),
+  and the same command run again resumes from `latest` and finishes: resumed.
+- shared: a second `chatbaker train` in another run dir with the same
+  `checkpoint.dir` starts while the first trains. Expected: it is refused at
+  once (exit 1, "checkpoint dir ... is in use") and the first finishes
+  undisturbed: refused.
 
 After every trial: the last command exited 0, metrics.jsonl reaches the final
 iteration, `latest` names the final checkpoint, and no complete checkpoint
@@ -79,7 +88,14 @@ KEEP_LAST = 2
 COMMAND_TIMEOUT_S = 300
 ITER_DIR = re.compile(r"^iter_(\d{7})$")
 RESUMED = re.compile(r"resumed from \S*iter_(\d{7}) at iteration (\d+)")
-KINDS = {"rank": ("step", "save", "publish"), "tree": ("step", "save", "publish")}
+KINDS = {
+    "rank": ("step", "save", "publish"),
+    "tree": ("step", "save", "publish"),
+    "launcher": ("step", "save"),
+}
+ALL_KINDS = ("rank", "tree", "shard", "launcher", "shared")
+# How long torchrun and the ranks may outlive a killed launcher (parent-death signal: at once).
+ORPHAN_GRACE_S = 10
 DAMAGES = ("truncate", "delete", "corrupt")
 
 
@@ -268,7 +284,7 @@ class Trial:
     observed: str = "-"  # what the checkpoint dir showed at the fault
     commands: int = 0
     resumed_from: str = "-"
-    outcome: str = "failed"  # self-healed, resumed, failed
+    outcome: str = "failed"  # self-healed, resumed, refused, failed
     lost: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # any one fails the trial
     notes: list[str] = field(default_factory=list)  # printed, not failing
@@ -310,13 +326,13 @@ class Bench:
             stdout=subprocess.DEVNULL,
         )
 
-    def start(self, trial: Trial, run_dir: str) -> Job:
+    def start(self, trial: Trial, run_dir: str, extra: tuple[str, ...] = ()) -> Job:
         trial.commands += 1
         tag = uuid.uuid4().hex
         self.tags.append(tag)
         log = os.path.join(run_dir + ".logs", f"command{trial.commands}.log")
         os.makedirs(os.path.dirname(log), exist_ok=True)
-        return Job(self.overrides(run_dir), log, tag)
+        return Job([*self.overrides(run_dir), *extra], log, tag)
 
     def cleanup(self) -> None:
         """Kill whatever this trial's commands left running."""
@@ -468,11 +484,20 @@ class Bench:
         return job
 
     def tree(self, trial: Trial, run_dir: str) -> None:
-        ckpt = os.path.join(run_dir, "checkpoints")
         before, caught = self.kill_tree(trial, run_dir)
+        self.resume_after_kill(trial, run_dir, before, caught)
+
+    def resume_after_kill(self, trial: Trial, run_dir: str, before: list[int], caught: bool):
+        """The same command again: it must resume from `latest` and finish (without a
+        `latest`, e.g. killed before the first save published it: from the newest complete
+        checkpoint)."""
         if not caught:
             trial.problems.append(f"the run ended before the moment ({trial.moment})")
-        self.rerun(trial, run_dir, before, latest(ckpt))
+        ckpt = os.path.join(run_dir, "checkpoints")
+        named = latest(ckpt)
+        self.rerun(
+            trial, run_dir, before, named if named is not None else max(before, default=None)
+        )
         if not trial.problems:
             trial.outcome = "resumed"
 
@@ -512,14 +537,69 @@ class Bench:
         if not trial.problems:
             trial.outcome = "resumed"
 
+    def launcher(self, trial: Trial, run_dir: str) -> None:
+        """kill -9 of the launcher alone: nothing of the job may run on, the rerun resumes."""
+        ckpt = os.path.join(run_dir, "checkpoints")
+        job = self.start(trial, run_dir)
+        trial.target = "launcher"
+        try:
+            started = self.wait_for(job, lambda: bool(logged(run_dir)), poll=0.05)
+            caught = started and self.reach_moment(job, run_dir, trial.moment)
+            trial.observed = phase(ckpt)
+            before = complete(ckpt)
+            job.proc.send_signal(signal.SIGKILL)
+            job.proc.wait()
+            job.log.close()
+            _gone, alive = psutil.wait_procs(tagged(job.tag), timeout=ORPHAN_GRACE_S)
+            if alive:
+                names = ", ".join(" ".join(p.cmdline()[1:4]) for p in alive if _live(p))
+                trial.problems.append(
+                    f"{len(alive)} processes outlived the launcher by {ORPHAN_GRACE_S} s: {names}"
+                )
+        finally:
+            kill_tagged(job.tag)
+        self.resume_after_kill(trial, run_dir, before, caught)
+
+    def shared(self, trial: Trial, run_dir: str) -> None:
+        """A second run dir with the first one's checkpoint.dir: refused, the first unharmed."""
+        ckpt = os.path.join(run_dir, "checkpoints")
+        shared = (f"checkpoint.dir={ckpt}",)
+        first = self.start(trial, run_dir, shared)
+        trial.target = "2nd run dir"
+        try:
+            if not self.wait_for(first, lambda: bool(logged(run_dir)), poll=0.05):
+                trial.problems.append("the first run never logged a step")
+            second = self.start(trial, run_dir + "_second", shared)
+            code = second.wait()
+            trial.observed = f"2nd exit {code}"
+            if code != 1 or "is in use by another job" not in second.output():
+                trial.problems.append(f"the second run was not refused (exit code {code})")
+            before = complete(ckpt)
+            self.finish(trial, run_dir, first.wait(), before)
+        finally:
+            if first.alive():
+                first.kill()
+        if not trial.problems:
+            trial.outcome = "refused"
+
     def run_trial(self, number: int) -> Trial:
-        kind = self.rng.choice(("rank", "tree", "shard"))
-        moment = self.rng.choice(DAMAGES if kind == "shard" else KINDS[kind])
+        kind = self.rng.choice(self.args.kinds)
+        if kind == "shared":
+            moment = "step"
+        else:
+            moment = self.rng.choice(DAMAGES if kind == "shard" else KINDS[kind])
         trial = Trial(number, kind, moment)
         run_dir = os.path.join(self.workdir, f"trial{number:02d}")
         started = time.monotonic()
         try:
-            {"rank": self.kill_rank, "tree": self.tree, "shard": self.shard}[kind](trial, run_dir)
+            run = {
+                "rank": self.kill_rank,
+                "tree": self.tree,
+                "shard": self.shard,
+                "launcher": self.launcher,
+                "shared": self.shared,
+            }[kind]
+            run(trial, run_dir)
         except Exception as err:  # a broken trial is a failed trial, not a broken benchmark
             trial.problems.append(f"{type(err).__name__}: {err}")
             trial.outcome = "failed"
@@ -569,14 +649,16 @@ def print_table(rows: list[tuple[str, ...]]) -> None:
 
 
 def summary(trials: list[Trial], seconds: float) -> bool:
-    count = {o: sum(t.outcome == o for t in trials) for o in ("self-healed", "resumed", "failed")}
+    outcomes = ("self-healed", "resumed", "refused", "failed")
+    count = {o: sum(t.outcome == o for t in trials) for o in outcomes}
     lost = sum(len(t.lost) for t in trials)
     print()
     print(
         f"trials {len(trials)}, self-healed {count['self-healed']}, resumed {count['resumed']}, "
-        f"failed {count['failed']}, lost checkpoints {lost} (must be 0); {seconds:.0f} s"
+        f"refused {count['refused']}, failed {count['failed']}, lost checkpoints {lost} "
+        f"(must be 0); {seconds:.0f} s"
     )
-    for kind in ("rank", "tree", "shard"):
+    for kind in ALL_KINDS:
         mine = [t for t in trials if t.kind == kind]
         if mine:
             ok = sum(t.outcome != "failed" for t in mine)
@@ -600,6 +682,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--iters", type=int, default=12, help="train.train_iters of every run")
     parser.add_argument("--save-interval", type=int, default=3)
+    parser.add_argument(
+        "--kinds",
+        type=lambda s: s.split(","),
+        default=list(ALL_KINDS),
+        help=f"the faults to draw from, comma-separated (default: {','.join(ALL_KINDS)})",
+    )
     parser.add_argument("--workdir", help="where the runs go (default: a temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the run directories")
     parser.add_argument(
@@ -608,6 +696,11 @@ def main() -> int:
         help="periodic checkpoints written in the background (checkpoint.async_save=true)",
     )
     args = parser.parse_args()
+    unknown = set(args.kinds) - set(ALL_KINDS)
+    if unknown:
+        parser.error(
+            f"--kinds: {', '.join(sorted(unknown))}: expected some of {','.join(ALL_KINDS)}"
+        )
     if args.iters < 2 * args.save_interval + 2:
         parser.error("--iters must leave room for two checkpoints and a step after them")
     workdir = args.workdir or tempfile.mkdtemp(prefix="chaos-")

@@ -1,22 +1,26 @@
-"""Benchmark: `chatbaker preprocess` against Megatron-style one-document-at-a-time encoding.
+"""Benchmark: `chatbaker preprocess` (tiktoken / HF encoder) against Megatron-LM and the library.
 
-    .venv/bin/python benchmarks/preprocess.py [--corpus-mb 30] [--workers N] [--repeats 3]
+    .venv/bin/python benchmarks/preprocess.py [--corpus-mb 10] [--workers 2] [--repeats 3]
+        [--megatron-lm DIR]
 
-Part 1, pretraining text. Both pipelines read the same jsonl corpus (built
-from the bundled Korean/English samples), use the same tokenizer and the
-same number of worker processes, write through megatron's
-IndexedDatasetBuilder, and must produce byte-identical .bin/.idx files.
-- baseline: what Megatron-style preprocess scripts do: a multiprocessing
-  Pool whose workers json-decode and encode one document per task
-  (`pool.imap(encode, lines, 32)`), the main process writing every document
-  as it arrives;
-- chatbaker: chatbaker_megatron.data.preprocess.pipeline.preprocess, the function
-  behind `chatbaker preprocess`: 1 MiB chunks, one encode_batch per chunk,
-  flat numpy arrays back to the writer.
-Each is run --repeats times, alternating, and the fastest run counts (the
-machine may be shared). megatron is imported before any timing. The main
-process's own CPU time is shown too: that serial work caps the rate no
-matter how many workers run (docs / main CPU seconds).
+Part 1, pretraining text. A jsonl corpus is built from the bundled
+Korean/English samples and a tokenizer trained on them; then, alternating,
+--repeats times each:
+- `ours tiktoken`: `chatbaker preprocess --encoder tiktoken` (a process);
+- `ours hf`: `chatbaker preprocess --encoder hf` (the `tokenizers` library);
+- `megatron-lm` (with `--megatron-lm DIR`, a Megatron-LM checkout):
+  `python DIR/tools/preprocess_data.py --tokenizer-type HuggingFaceTokenizer
+  --append-eod`, run from DIR, with the same worker count;
+- `library alone`: `encode_batch_fast` of the `tokenizers` library on the
+  pre-parsed texts (the 1 MiB chunks the pipeline uses, in this process,
+  its thread pool on every CPU: no JSON, no writing); and `tiktoken alone`,
+  our fast encoder on the same texts and threads.
+CPU seconds are those of each whole process tree (this process is made a
+child subreaper, so every descendant, fork servers included, is reaped here
+and counted in its children's rusage; its own rusage for the in-process rows), wall seconds the elapsed time; docs/s and tokens/s are by
+wall time. Each figure is the median of the repeats (the machine may be
+shared). `same` says whether the .bin/.idx files (or the ids, for the rows
+of the library alone) are byte-identical to `ours hf`'s.
 
 Part 2, SFT packing: conversations assembled from the bundled ShareGPT set
 (1-6 turn pairs each), preprocessed with --format sft; packing efficiency of
@@ -27,18 +31,20 @@ length (FastChat's `padding="max_length"`).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
-import multiprocessing
 import os
 import random
 import resource
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from chatbaker_megatron.data.datasets.packing import (
     one_per_bin,
@@ -47,64 +53,65 @@ from chatbaker_megatron.data.datasets.packing import (
 )
 from chatbaker_megatron.data.demo.prepare import PRETRAIN_SAMPLES, SFT_SAMPLES
 from chatbaker_megatron.data.preprocess.pipeline import preprocess
+from chatbaker_megatron.data.tokenizer.fast import HFEncoder, TiktokenEncoder
 from chatbaker_megatron.data.tokenizer.load import load_tokenizer
 from chatbaker_megatron.data.tokenizer.train import train_tokenizer
 
-_baseline: dict = {}
+CHATBAKER = str(Path(sys.executable).with_name("chatbaker"))
 
 
-def _baseline_init(tokenizer_file: str, json_key: str, eos_id: int) -> None:
-    _baseline.update(tokenizer=Tokenizer.from_file(tokenizer_file), key=json_key, eos=eos_id)
-
-
-def _baseline_encode(line: bytes) -> list[int]:
-    text = json.loads(line)[_baseline["key"]]
-    ids = _baseline["tokenizer"].encode(text, add_special_tokens=False).ids
-    ids.append(_baseline["eos"])
-    return ids
-
-
-def baseline_preprocess(
-    corpus: str, tokenizer_dir: str, prefix: str, workers: int
-) -> tuple[int, int]:
-    """One document per pool task, as Megatron-LM's tools/preprocess_data.py does it."""
-    from chatbaker_megatron.data.preprocess.indexed_writer import IndexedDatasetBuilder, token_dtype
-
-    tokenizer = load_tokenizer(tokenizer_dir)
-    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=token_dtype(tokenizer.vocab_size))
-    docs = tokens = 0
-    init_args = (os.path.join(tokenizer_dir, "tokenizer.json"), "text", tokenizer.eos_id)
-    with open(corpus, "rb") as f, multiprocessing.Pool(workers, _baseline_init, init_args) as pool:
-        for ids in pool.imap(_baseline_encode, f, 32):
-            builder.add_document(ids, [len(ids)])
-            docs += 1
-            tokens += len(ids)
-    builder.finalize(prefix + ".idx")
-    return docs, tokens
-
-
-def chatbaker_preprocess(
-    corpus: str, tokenizer_dir: str, prefix: str, workers: int
-) -> tuple[int, int]:
-    stats = preprocess([corpus], tokenizer_dir, prefix, workers=workers, progress=False)
-    return stats.docs, stats.tokens
-
-
-def _main_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
 
 
-def timed(run: Callable[[], tuple[int, int]]) -> dict:
-    cpu, start = _main_cpu_seconds(), time.perf_counter()
-    docs, tokens = run()
-    seconds = time.perf_counter() - start
-    return {
-        "seconds": seconds,
-        "main_cpu": _main_cpu_seconds() - cpu,
-        "docs": docs,
-        "tokens": tokens,
-    }
+def become_subreaper() -> None:
+    """Orphaned descendants (a fork server outliving its parent) become our children, so that
+    reaping them counts their CPU time in RUSAGE_CHILDREN (Linux's PR_SET_CHILD_SUBREAPER)."""
+    if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+def reap_descendants(timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.02)
+    raise SystemExit(f"descendants still running {timeout:.0f} s after their command ended")
+
+
+def run_command(command: list[str], cwd: str | None = None) -> dict:
+    """Wall and CPU seconds of a command's whole process tree (every descendant reaped)."""
+    cpu, start = _cpu(resource.RUSAGE_CHILDREN), time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    reap_descendants()
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return {"wall": wall, "cpu": _cpu(resource.RUSAGE_CHILDREN) - cpu}
+
+
+def run_here(work: Callable[[], object]) -> tuple[dict, object]:
+    cpu, start = _cpu(resource.RUSAGE_SELF), time.perf_counter()
+    result = work()
+    return {"wall": time.perf_counter() - start, "cpu": _cpu(resource.RUSAGE_SELF) - cpu}, result
+
+
+def chunk_texts(corpus: Path, chunk_bytes: int = 1 << 20) -> list[list[str]]:
+    """The corpus's texts in chunks of about `chunk_bytes` of input, as the pipeline batches them."""
+    chunks, texts, size = [], [], 0
+    with open(corpus, "rb") as f:
+        for line in f:
+            texts.append(json.loads(line)["text"])
+            size += len(line)
+            if size >= chunk_bytes:
+                chunks.append(texts)
+                texts, size = [], 0
+    return [*chunks, texts] if texts else chunks
 
 
 def build_corpus(path: Path, megabytes: float, seed: int) -> int:
@@ -145,46 +152,71 @@ def build_conversations(path: Path, count: int, seed: int) -> None:
     path.write_text(json.dumps(out, ensure_ascii=False), encoding="utf-8")
 
 
+def _same(prefix: str, reference: str) -> bool:
+    return all(
+        Path(prefix + suffix).read_bytes() == Path(reference + suffix).read_bytes()
+        for suffix in (".bin", ".idx")
+    )
+
+
 def text_benchmark(args: argparse.Namespace, work: Path, tokenizer_dir: str) -> None:
     corpus = work / "corpus.jsonl"
     docs = build_corpus(corpus, args.corpus_mb, args.seed)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    threads = os.cpu_count() or 1
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
+    chunks = chunk_texts(corpus)
+    library = HFEncoder(tokenizer.backend, "")
+    fast = TiktokenEncoder.build(tokenizer.backend, threads)
+    ours = [CHATBAKER, "preprocess", "--input", str(corpus), "--tokenizer", tokenizer_dir]
+    ours += ["--workers", str(args.workers), "--no-progress", "--output-prefix"]
+    commands = {
+        "ours tiktoken": (ours + [str(work / "tiktoken"), "--encoder", "tiktoken"], None),
+        "ours hf": (ours + [str(work / "hf"), "--encoder", "hf"], None),
+    }
+    outputs = {"ours tiktoken": "tiktoken", "ours hf": "hf", "megatron-lm": "mlm_text_document"}
+    if args.megatron_lm:
+        script = os.path.join(os.path.abspath(args.megatron_lm), "tools", "preprocess_data.py")
+        commands["megatron-lm"] = (
+            [sys.executable, script, "--input", str(corpus), "--output-prefix", str(work / "mlm")]
+            + ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tokenizer_dir]
+            + ["--append-eod", "--workers", str(args.workers), "--log-interval", "1000000"],
+            args.megatron_lm,
+        )
     print(
         f"corpus: {docs:,} documents, {corpus.stat().st_size / 2**20:.1f} MiB; "
-        f"{args.workers} worker process(es) each; best of {args.repeats} runs"
+        f"{args.workers} worker process(es) each; {threads} threads for the library rows; "
+        f"median of {args.repeats} runs, alternating"
     )
-    runs: dict[str, list[dict]] = {"baseline": [], "chatbaker": []}
-    methods = {"baseline": baseline_preprocess, "chatbaker": chatbaker_preprocess}
+    runs: dict[str, list[dict]] = {name: [] for name in [*commands, "library alone"]}
+    runs["tiktoken alone"] = []
+    ids: dict[str, list] = {}
     for _ in range(args.repeats):
-        for name, method in methods.items():
-            prefix = str(work / name)
-            runs[name].append(
-                timed(lambda m=method, p=prefix: m(str(corpus), tokenizer_dir, p, args.workers))
-            )
-    for suffix in (".bin", ".idx"):
-        same = (work / f"baseline{suffix}").read_bytes() == (
-            work / f"chatbaker{suffix}"
-        ).read_bytes()
-        if not same:
-            raise SystemExit(f"outputs differ ({suffix}): the comparison would be meaningless")
-    print(
-        f"{'method':<10} {'docs':>9} {'tokens':>11} {'wall s':>7} {'docs/s':>9} {'tokens/s':>11}"
-        f" {'main CPU s':>10} {'serial limit docs/s':>19}"
-    )
-    best = {}
-    for name, results in runs.items():
-        r = best[name] = min(results, key=lambda x: x["seconds"])
-        # Work the main process does alone bounds the rate whatever the worker count.
-        limit = r["docs"] / r["main_cpu"]
+        for name, (command, cwd) in commands.items():
+            runs[name].append(run_command(command, cwd))
+        for name, encoder in (("library alone", library), ("tiktoken alone", fast)):
+            figures, ids[name] = run_here(lambda e=encoder: [e.encode_batch(c) for c in chunks])
+            runs[name].append(figures)
+    tokens = sum(len(d) + 1 for chunk in ids["library alone"] for d in chunk)  # eos included
+    print(f"{'method':<15} {'CPU s':>7} {'wall s':>7} {'docs/s':>9} {'tokens/s':>11} {'same':>5}")
+    medians = {}
+    for name, figures in runs.items():
+        cpu = statistics.median(f["cpu"] for f in figures)
+        wall = statistics.median(f["wall"] for f in figures)
+        medians[name] = (cpu, wall)
+        if name in outputs:
+            same = _same(str(work / outputs[name]), str(work / "hf"))
+        else:
+            same = ids[name] == ids["library alone"]
         print(
-            f"{name:<10} {r['docs']:>9,} {r['tokens']:>11,} {r['seconds']:>7.2f} "
-            f"{r['docs'] / r['seconds']:>9,.0f} {r['tokens'] / r['seconds']:>11,.0f}"
-            f" {r['main_cpu']:>10.2f} {limit:>19,.0f}"
+            f"{name:<15} {cpu:>7.2f} {wall:>7.2f} {docs / wall:>9,.0f} {tokens / wall:>11,.0f} "
+            f"{'yes' if same else 'NO':>5}"
         )
-    ratio = best["baseline"]["seconds"] / best["chatbaker"]["seconds"]
-    print(
-        f"chatbaker preprocess vs baseline: {ratio:.2f}x docs/s and tokens/s "
-        f"(identical .bin/.idx, {args.workers} worker processes each)"
-    )
+    ratio = medians["library alone"][1] / medians["tiktoken alone"][1]
+    print(f"tiktoken alone vs library alone: {ratio:.2f}x the speed, same texts and threads")
+    if "megatron-lm" in medians:
+        share = medians["ours tiktoken"][0] / medians["megatron-lm"][0]
+        print(f"ours tiktoken CPU seconds: {share:.2f} of megatron-lm's")
 
 
 def sft_benchmark(args: argparse.Namespace, work: Path, tokenizer_dir: str) -> None:
@@ -221,8 +253,11 @@ def sft_benchmark(args: argparse.Namespace, work: Path, tokenizer_dir: str) -> N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus-mb", type=float, default=30.0)
+    parser.add_argument("--corpus-mb", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--megatron-lm", metavar="DIR", help="a Megatron-LM checkout: add its preprocess_data.py"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vocab-size", type=int, default=50_304)
     parser.add_argument("--seq-length", type=int, default=2048)
@@ -230,10 +265,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="keep the files here (default: a temporary directory)")
     args = parser.parse_args()
-    # Imported here, not at the top: worker processes import this module again
-    # and need none of megatron; imported before timing so no run pays for it.
-    import chatbaker_megatron.data.preprocess.indexed_writer  # noqa: F401
-
+    become_subreaper()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)

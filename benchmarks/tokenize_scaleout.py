@@ -9,10 +9,10 @@ them. Rows, in one run:
   in the main process: --workers 0; and --workers 2, its own encoding pool);
 - `datatrove job`: `plan_job` + `run_job` with the local executor, 1 task
   (run in this process) and 2 tasks at once (two processes, each starting
-  from datatrove's fork server and importing megatron: part of the cost);
+  from datatrove's fork server: part of the cost);
   the time includes the merge of the parts into one dataset.
 `equal_output`: the .bin and .idx are byte-identical to the first row's.
-megatron is imported before any timing. `measure()` is also what
+`measure()` is also what
 benchmarks/curate.py prints for the curated shards.
 """
 
@@ -25,8 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-# Imported before timing: the writer's megatron import is a one-off cost.
-import chatbaker_megatron.data.preprocess.indexed_writer  # noqa: F401
 from chatbaker_megatron.config.executor import ExecutorConfig
 from chatbaker_megatron.data.datasets.meta import read_meta
 from chatbaker_megatron.data.preprocess import scaleout

@@ -18,8 +18,12 @@ with the machine's Python and PYTHONPATH=<work>/site.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -95,19 +99,32 @@ class Context:
     step_deadline: float = 0.0
     # Filled by the benchmark step from the device name: (bf16 TFLOP/s, HBM GB/s).
     peak: tuple[float, float] | None = None
+    # The verdicts of the steps run so far in this run.
+    verdicts: dict[str, str] = field(default_factory=dict)
 
     @property
     def site(self) -> Path:
         return self.work / "site"
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = dict(os.environ, PYTHONPATH=str(self.site), PYTHONUNBUFFERED="1")
+        # Prepended, so that a PYTHONPATH the machine needs for its own packages still works.
+        path = os.pathsep.join(p for p in (str(self.site), os.environ.get("PYTHONPATH")) if p)
+        env = dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1")
         env.pop("TRITON_INTERPRET", None)
         return env | extra
 
+    def fresh(self, name: str) -> Path:
+        """An empty scratch folder: a second run on a warm machine must not resume,
+        read or export what the first one left (tiny runs auto-resume from their checkpoints)."""
+        path = self.work / name
+        shutil.rmtree(path, ignore_errors=True)
+        return path
+
     def run(self, label: str, cmd: list[str], env: dict[str, str] | None = None) -> Outcome:
-        """Run cmd in the repository under coreutils `timeout`, which signals the
-        whole process group (torchrun's workers too), with what is left of the step's budget."""
+        """Run cmd in the repository under coreutils `timeout`, with what is left of the
+        step's budget, in a session of its own; whatever of that session outlives the
+        command (torchrun runs in a process group of its own, which `timeout` does not
+        signal) is stopped before this returns."""
         log = self.out / "logs" / f"{label}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         limit = max(int(self.step_deadline - time.monotonic()), 1)
@@ -115,19 +132,81 @@ class Context:
         with log.open("w", encoding="utf-8") as f:
             f.write(f"$ {' '.join(cmd)}\n")
             f.flush()
-            rc = subprocess.run(
+            proc = subprocess.Popen(
                 ["timeout", "--kill-after=10", str(limit), *cmd],
                 cwd=ROOT,
                 env=env or self.env(),
                 stdout=f,
                 stderr=subprocess.STDOUT,
-                check=False,
-            ).returncode
+                start_new_session=True,
+            )
+            rc = proc.wait()
+            left = stop_session(proc.pid)
+            if left:
+                f.write(f"\n[gpu-check] stopped {len(left)} leftover processes: {left}\n")
         return Outcome(rc, time.monotonic() - start, log)
 
     def cli(self, label: str, *args: str, env: dict[str, str] | None = None) -> Outcome:
         """`chatbaker ARGS` from the private install (its console script is not on PATH)."""
         return self.run(label, [self.python, "-m", "chatbaker_megatron.cli", *args], env)
+
+
+def session_members(sid: int) -> list[int]:
+    """The live processes of session `sid` (Linux /proc), zombies left out."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # Fields after the command name, which is in parentheses and may hold spaces.
+        fields = text[text.rindex(")") + 2 :].split()
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def stop_pids(pids: list[int], grace_s: float = 10.0) -> list[int]:
+    """SIGTERM, then SIGKILL after grace_s what is still there; the pids signalled."""
+    if not pids:
+        return []
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        end = time.monotonic() + grace_s
+        while time.monotonic() < end and any(_alive(pid) for pid in pids):
+            time.sleep(0.1)
+        if not any(_alive(pid) for pid in pids):
+            break
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"
+
+
+def stop_session(sid: int) -> list[int]:
+    """Stop what is left of session `sid` (a step command's session); the pids stopped."""
+    return stop_pids(session_members(sid))
+
+
+def gpu_pids() -> set[int]:
+    """The processes nvidia-smi lists as using a GPU."""
+    try:
+        query = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError:  # gpu-check.sh found it; only a unit test lacks it
+        return set()
+    return {int(word) for word in query.stdout.split() if word.isdigit()}
 
 
 def fail(outcome: Outcome, what: str) -> StepResult:
@@ -187,13 +266,42 @@ print(json.dumps({
 """
 
 
+TOOLKIT_PROBE = """
+import json
+import torch
+from torch.utils.cpp_extension import CUDA_HOME
+print(json.dumps({"cuda_home": CUDA_HOME, "torch_cuda": torch.version.cuda}))
+"""
+
+
+def toolkit_problem(cuda_home: str | None, torch_cuda: str | None) -> str | None:
+    """Why the CUDA extension cannot be built here, or None: nvcc must exist under
+    CUDA_HOME and its major CUDA version must be torch's (an extension built by another
+    major version does not load)."""
+    if not cuda_home:
+        return "no CUDA toolkit: torch's CUDA_HOME is None"
+    nvcc = Path(cuda_home) / "bin" / "nvcc"
+    if not nvcc.is_file():
+        return f"CUDA_HOME={cuda_home} has no bin/nvcc"
+    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False)
+    found = re.search(r"release (\d+)\.(\d+)", version.stdout)
+    if not found:
+        return f"{nvcc} --version printed no release number"
+    if not torch_cuda or found.group(1) != torch_cuda.split(".")[0]:
+        return (
+            f"nvcc is CUDA {found.group(1)}.{found.group(2)}, torch is built for CUDA {torch_cuda}"
+        )
+    return None
+
+
 def step_cuda_extension(ctx: Context) -> StepResult:
-    toolkit = ctx.run(
-        "cuda-toolkit",
-        [ctx.python, "-c", "from torch.utils.cpp_extension import CUDA_HOME; print(CUDA_HOME)"],
-    )
-    if not toolkit.ok or toolkit.tail(1) == "None":
-        return skipped("no CUDA toolkit (nvcc) found: torch's CUDA_HOME is None")
+    toolkit = ctx.run("cuda-toolkit", [ctx.python, "-c", TOOLKIT_PROBE])
+    if not toolkit.ok:
+        return fail(toolkit, "probing the CUDA toolkit")
+    found = json.loads(toolkit.tail(1))
+    problem = toolkit_problem(found["cuda_home"], found["torch_cuda"])
+    if problem:
+        return skipped(problem)
     # --build-lib puts chatbaker_kernels/_cuda_rmsnorm*.so into the private install.
     build = ctx.run(
         "cuda-extension",
@@ -206,7 +314,7 @@ def step_cuda_extension(ctx: Context) -> StepResult:
     if not built:
         return StepResult(verdict="fail", reason="build_ext built nothing", log_tail=build.tail())
     return StepResult(
-        reason=f"CUDA_HOME={toolkit.tail(1)}",
+        reason=f"CUDA_HOME={found['cuda_home']}",
         figures={"extension": built[0], "build s": f"{build.seconds:.0f}"},
         log_tail=build.tail(),
     )
@@ -224,14 +332,22 @@ def step_kernel_tests(ctx: Context) -> StepResult:
     return pytest_step(ctx, "kernel-tests", "tests/kernels/test_gpu_only.py")
 
 
+def kernel_bench_command(ctx: Context, record_path: Path) -> list[str]:
+    # As a module from the repository root, so that its `tests.support` import resolves
+    # (a script's sys.path[0] is benchmarks/, and PYTHONPATH holds only the install).
+    return [ctx.python, "-m", "benchmarks.kernels", "--iters", "10", "--json", str(record_path)]
+
+
 def step_kernel_bench(ctx: Context) -> StepResult:
     record_path = ctx.out / "kernel-bench.json"
-    bench = ctx.run(
-        "kernel-bench",
-        [ctx.python, "benchmarks/kernels.py", "--iters", "10", "--json", str(record_path)],
-    )
+    record_path.unlink(missing_ok=True)
+    bench = ctx.run("kernel-bench", kernel_bench_command(ctx, record_path))
     if not bench.ok:
         return fail(bench, "benchmarks/kernels.py")
+    if not record_path.exists():
+        return StepResult(
+            verdict="fail", reason="the benchmark wrote no record", log_tail=bench.tail()
+        )
     record = json.loads(record_path.read_text(encoding="utf-8"))
     if record["peak_tflops"]:
         ctx.peak = (record["peak_tflops"], record["peak_hbm_gbs"])
@@ -295,7 +411,7 @@ def loss_table(cpu: dict[int, float], gpu: dict[int, float]) -> tuple[str, float
 
 def step_train_tiny(ctx: Context) -> StepResult:
     data_root = ctx.work / "demo_data"
-    seed, cpu_dir, gpu_dir = (ctx.work / name for name in ("tiny-seed", "tiny-cpu", "tiny-gpu"))
+    seed, cpu_dir, gpu_dir = (ctx.fresh(name) for name in ("tiny-seed", "tiny-cpu", "tiny-gpu"))
     cpu_env = ctx.env(CUDA_VISIBLE_DEVICES="")
     seed_run = ctx.cli(
         "train-tiny-seed", "train", *tiny_overrides(seed, data_root, "cpu", None), env=cpu_env
@@ -394,7 +510,7 @@ def step_train_wide(ctx: Context) -> StepResult:
         backends.append("te")
     figures, failures, tail = {}, [], ""
     for backend in backends:
-        run_dir = ctx.work / f"wide-{backend}"
+        run_dir = ctx.fresh(f"wide-{backend}")
         run = ctx.cli(
             f"train-1.3b-{backend}",
             "train",
@@ -418,9 +534,10 @@ def step_train_wide(ctx: Context) -> StepResult:
 
 def step_hf(ctx: Context) -> StepResult:
     checkpoint = ctx.work / "tiny-gpu" / "checkpoints"
-    if not (checkpoint / "latest").exists():
-        return skipped("no checkpoint from the tiny GPU run (train-tiny step)")
-    hf_dir = ctx.work / "hf"
+    # Only this run's checkpoint: one left by an earlier run would report old results.
+    if "train-tiny" not in ctx.verdicts or not (checkpoint / "latest").exists():
+        return skipped("no checkpoint from this run's tiny GPU run (train-tiny step)")
+    hf_dir = ctx.fresh("hf")
     export = ctx.cli(
         "hf-export", "export-hf", "--checkpoint", str(checkpoint), "--output", str(hf_dir),
         "--overwrite", "--verify", "--no-progress",
@@ -452,17 +569,18 @@ def step_parallel(ctx: Context) -> StepResult:
 
 
 # (name, budget in seconds, function): in the order they run. The steps that a
-# one-GPU machine can do come first; tests/parallel takes what is left.
+# one-GPU machine can do come first and their budgets add up to TOTAL_BUDGET_S at
+# most, so none of them is skipped for time; tests/parallel (two GPUs) takes what is left.
 STEPS: list[tuple[str, int, Callable[[Context], StepResult]]] = [
     ("install", 45, step_install),
-    ("cuda-extension", 75, step_cuda_extension),
-    ("kernel-tests", 45, step_kernel_tests),
+    ("cuda-extension", 60, step_cuda_extension),
+    ("kernel-tests", 40, step_kernel_tests),
     ("kernel-bench", 60, step_kernel_bench),
     ("train-tiny", 90, step_train_tiny),
     ("train-1.3b", 100, step_train_wide),
-    ("hf", 50, step_hf),
-    ("preflight", 30, step_preflight),
-    ("parallel-nccl", 120, step_parallel),
+    ("hf", 45, step_hf),
+    ("preflight", 25, step_preflight),
+    ("parallel-nccl", TOTAL_BUDGET_S, step_parallel),
 ]
 # Steps that cannot run without the install.
 NEEDS_INSTALL = {name for name, _, _ in STEPS} - {"install"}
@@ -470,6 +588,7 @@ NEEDS_INSTALL = {name for name, _, _ in STEPS} - {"install"}
 
 def run_steps(ctx: Context, names: list[str]) -> list[StepResult]:
     results: list[StepResult] = []
+    before = gpu_pids()  # not ours: never touched
     for name, budget, step in STEPS:
         if name not in names:
             continue
@@ -487,8 +606,15 @@ def run_steps(ctx: Context, names: list[str]) -> list[StepResult]:
             except Exception:  # a bug in one step must not cost the others their verdict
                 result = StepResult(verdict="fail", reason="the check itself raised")
                 result.log_tail = traceback.format_exc()
+        # The next step needs the GPU to itself: nothing of this one may be left on it.
+        left = sorted(gpu_pids() - before)
+        if left:
+            stop_pids(left)
+            result.verdict = "fail"
+            result.reason += f"; processes {left} were still on the GPU after the step (stopped)"
         result.name = name
         result.duration_s = time.monotonic() - start
+        ctx.verdicts[name] = result.verdict
         results.append(result)
         print(f"{name:<15} {result.verdict:<8} {result.duration_s:5.0f}s  {result.reason}")
         write_report(ctx.out, ctx.device, results)

@@ -49,6 +49,10 @@ VERBS: dict[str, tuple[str, str]] = {
         "OpenAI-compatible chat server + web page (batched, filtered)",
     ),
     "eval": ("chatbaker_megatron.eval.cli", "lm-eval KoBEST/English -> table, chart"),
+    "eval-chat": (
+        "chatbaker_megatron.eval_chat.cli",
+        "chat models judged by an LLM (single / pairwise) or chrF, Korean-aware -> report",
+    ),
 }
 
 

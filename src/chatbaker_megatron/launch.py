@@ -5,8 +5,12 @@ Two ways in, one place for the torchrun command line and the ranks' environment:
 - `chatbaker train` and Hydra multirun points call `run_torchrun` from a plain
   process: it builds the torchrun command for this node (rendezvous from
   MASTER_ADDR / MASTER_PORT / NODE_RANK, or from SLURM's variables, when
-  `cluster.nodes > 1`), runs it as a child and forwards SIGTERM/SIGUSR1/SIGINT
-  to it. Under torchrun (LOCAL_RANK set) training starts directly instead.
+  `cluster.nodes > 1`) and runs it as a child that dies with it (Linux's
+  parent-death signal; the ranks do the same with torchrun, so a kill -9 of
+  the launcher, or `timeout`, leaves no torchrun or rank behind). SIGTERM,
+  SIGUSR1 and a first SIGINT write the run's stop file (STOP_FILE_ENV), which
+  the ranks read at every step, whatever torchrun's version forwards. Under
+  torchrun (LOCAL_RANK set) training starts directly instead.
 - Every torchrun runs with the restart budget `launch.max_restarts` (its
   elastic agent): when a rank dies, it stops the others and starts them all
   again, and they resume from the newest complete checkpoint.
@@ -22,6 +26,7 @@ Two ways in, one place for the torchrun command line and the ranks' environment:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -54,17 +59,51 @@ RANK_ENV = {
 # which the trainer turns into a checkpoint and a clean exit. torchrun forwards
 # each of these to its ranks; any other signal would kill it and orphan them.
 TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
-# What the launcher process passes on to its torchrun child: each asks the
-# ranks to stop with a checkpoint (exit code 0). A second Ctrl-C forces.
+# What the launcher process turns into a stop request for the ranks (its stop
+# file, or the signal passed on to torchrun): each asks them to stop with a
+# checkpoint (exit code 0). A second Ctrl-C forces.
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 # The exit code of a run stopped by a second Ctrl-C, without a final checkpoint (128 + SIGINT).
 FORCED_STOP_CODE = 130
+# The file whose existence asks the ranks to stop with a checkpoint: the
+# launcher writes it on a stop signal, the sbatch from its trap on SLURM's warning.
+STOP_FILE_ENV = "CHATBAKER_STOP_FILE"
+# Where a rank that hit an error no restart can heal writes its one line
+# (first rank wins) before it ends the job: the launcher prints it last.
+FATAL_ERROR_FILE = "fatal_error.txt"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 MULTINODE_VARS = ("MASTER_ADDR", "NNODES", "NODE_RANK")
 
 
 def under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """Be killed (SIGKILL) when the parent process ends (Linux; elsewhere nothing).
+
+    `parent_pid`: the expected parent; when it already died (before prctl took
+    effect) this process exits at once. Default: the current parent, which
+    must not be init (an orphan already).
+    """
+    parent = os.getppid() if parent_pid is None else parent_pid
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent or parent == 1:
+        os._exit(1)
+
+
+def parent_is_torchrun() -> bool:
+    """Whether this process's parent is a torchrun (elastic agent) process."""
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return False
+    return b"torch.distributed.run" in cmdline or b"torchrun" in cmdline
 
 
 def rank_env(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -84,13 +123,34 @@ def _first_slurm_host() -> str:
 
 def _signal_flags() -> list[str]:
     """Make torchrun forward SIGUSR1 too (the flag exists since torch 2.9; older
-    torchruns read the same list from TORCHELASTIC_SIGNALS_TO_HANDLE or, before
-    that, handle only their default signals)."""
+    torchruns handle only their default signals, SIGTERM among them)."""
     from torch.distributed.launcher.api import LaunchConfig
 
     if "signals_to_handle" in LaunchConfig.__dataclass_fields__:
         return [f"--signals-to-handle={TORCHRUN_SIGNALS}"]
     return []
+
+
+def check_stop_path(flags: list[str]) -> None:
+    """Refuse a SLURM launch whose time-limit warning could not reach the ranks.
+
+    SLURM's warning (SIGUSR1) reaches the ranks either through torchrun
+    (`flags` holds --signals-to-handle: torch >= 2.9) or through the stop file
+    (STOP_FILE_ENV) that the batch script touches from its trap. With
+    neither, the warning would kill the agent and lose the final checkpoint.
+    """
+    if "SLURM_JOB_ID" not in os.environ or flags or os.environ.get(STOP_FILE_ENV):
+        return
+    import torch
+
+    raise SystemExit(
+        f"multi-node launch: this torchrun (torch {torch.__version__}, before 2.9) does not "
+        f"forward SIGUSR1, and {STOP_FILE_ENV} is not set, so SLURM's warning before the time "
+        "limit would kill the job without a final checkpoint: submit with "
+        f"launch/slurm_a100x256.sbatch (it sets {STOP_FILE_ENV} and touches it from a trap on "
+        f"--signal=B:USR1@120), or set {STOP_FILE_ENV} to a path on a shared filesystem and "
+        "touch it from your batch script's trap"
+    )
 
 
 def torchrun_command(
@@ -146,13 +206,18 @@ def run_torchrun(
     *,
     max_restarts: int,
     monitor_interval: float,
+    stop_file: str | None = None,
 ) -> int:
-    """Run torchrun as a child and wait for it; 0 after a forwarded SIGTERM/SIGUSR1/SIGINT.
+    """Run torchrun as a child and wait for it; 0 after a SIGTERM/SIGUSR1/SIGINT stop.
 
-    The child gets its own process group, so a terminal's Ctrl-C reaches it
-    once (through the handler below), not twice. A second Ctrl-C is passed on
-    too: torchrun turns it into SIGTERM for the ranks, which after a Ctrl-C
-    stop at once, without a checkpoint (FORCED_STOP_CODE).
+    torchrun dies with this process (parent-death signal), and is killed if
+    this process leaves early. It gets its own process group, so a
+    terminal's Ctrl-C reaches it only through the handler below. With
+    `stop_file` (given to the ranks as STOP_FILE_ENV) a stop signal writes
+    that file and torchrun is not signalled at all (no torchrun traceback,
+    and no dependence on which signals the installed torchrun forwards); a
+    second Ctrl-C kills torchrun, whose ranks die with it (FORCED_STOP_CODE).
+    Without it the signals are passed on to torchrun, which passes them on.
     """
     cmd = torchrun_command(
         nnodes,
@@ -164,13 +229,27 @@ def run_torchrun(
     )
     log.info("launching: %s", " ".join(cmd))
     env = rank_env()
-    proc = subprocess.Popen(cmd, env=env, process_group=0)
+    if stop_file is not None:
+        env[STOP_FILE_ENV] = stop_file
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(stop_file)  # a request left by an earlier job
+    launcher = os.getpid()
+    proc = subprocess.Popen(
+        cmd, env=env, process_group=0, preexec_fn=lambda: die_with_parent(launcher)
+    )
     received: list[int] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         received.append(signum)
-        if proc.poll() is None:
+        if proc.poll() is not None:
+            return
+        if stop_file is None:
             proc.send_signal(signum)
+        elif received.count(signal.SIGINT) > 1:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            with open(stop_file, "a", encoding="utf-8") as f:
+                f.write(f"{signal.Signals(signum).name} to pid {launcher}\n")
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
@@ -178,6 +257,12 @@ def run_torchrun(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if proc.poll() is None:  # leaving on an error: take torchrun (and so the ranks) along
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if stop_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(stop_file)
     if received.count(signal.SIGINT) > 1:
         log.warning("stopped by a second Ctrl-C, without a final checkpoint")
         return FORCED_STOP_CODE
@@ -209,6 +294,7 @@ def node_command(overrides: list[str]) -> list[str]:
         nnodes, gpus = int(os.environ["NNODES"]), int(os.environ.get("GPUS_PER_NODE", "8"))
         cluster = [f"cluster.nodes={nnodes}", f"cluster.devices_per_node={gpus}"]
         settings = launch_settings(overrides)
+        check_stop_path(_signal_flags())
         return torchrun_command(
             nnodes,
             gpus,

@@ -1,4 +1,4 @@
-"""One job per run directory: an exclusive lock on `<run_dir>/.lock`.
+"""One job per run directory and per checkpoint directory: exclusive locks on `<dir>/.lock`.
 
 Two trainers in one run directory destroy each other's work (the second
 removes the first one's in-flight `iter_N.tmp` checkpoint as stale, both
@@ -7,7 +7,10 @@ data or starts torchrun and holds it for the whole job, torchrun's restarts
 included; ranks that torchrun started without it (the multi-node scripts)
 take it on global rank 0. A second job fails at once, before it writes
 anything, with a message naming the holder (host, pid, start time, command),
-which the holder writes into the lock file.
+which the holder writes into the lock file. The checkpoint directory is
+locked the same way (`<checkpoint.dir>/.lock`, also when it is the default
+`<run_dir>/checkpoints`), so two run dirs sharing one `checkpoint.dir` never
+write the same `iter_N` either.
 
 `fcntl.flock`: the kernel releases it when its holder dies, even by SIGKILL,
 so a lock is never stale. NFS clients turn it into a POSIX lock every node
@@ -58,10 +61,17 @@ def _describe(holder: dict) -> str:
     )
 
 
-class RunLock:
-    """The held lock; released on close (or when this process ends)."""
+def _setting(what: str) -> str:
+    return "checkpoint.dir=" if what == "checkpoint dir" else "run_dir="
 
-    def __init__(self, run_dir: str) -> None:
+
+class RunLock:
+    """The held lock; released on close (or when this process ends).
+
+    `what` names the directory in messages ("run dir", "checkpoint dir").
+    """
+
+    def __init__(self, run_dir: str, what: str = "run dir") -> None:
         os.makedirs(run_dir, exist_ok=True)
         self.path = lock_path(run_dir)
         # "a": create without truncating, so a refused job leaves the holder's record intact.
@@ -71,13 +81,14 @@ class RunLock:
         except BlockingIOError:
             self.close()
             raise RunDirLockedError(
-                f"run dir {run_dir} is in use by another job ({_describe(_holder(self.path))}); "
-                f"wait for it to end or stop it, or pick another run_dir= (lock file {self.path})"
+                f"{what} {run_dir} is in use by another job ({_describe(_holder(self.path))}); "
+                f"wait for it to end or stop it, or pick another {_setting(what)} (lock file "
+                f"{self.path})"
             ) from None
         except OSError as err:
             self.close()
             log.warning(
-                "run dir %s is not locked: %s does not support flock (%s)", run_dir, self.path, err
+                "%s %s is not locked: %s does not support flock (%s)", what, run_dir, self.path, err
             )
             return
         record = {
@@ -109,7 +120,7 @@ class RunLock:
 
 
 def held_by_launcher(run_dir: str) -> bool:
-    """Whether this rank's `chatbaker train` launcher holds the run dir's lock."""
+    """Whether this rank's `chatbaker train` launcher holds the directory's lock."""
     holder = _holder(lock_path(run_dir))
     return (
         os.environ.get(LAUNCHER_PID_ENV) == str(holder.get("pid"))

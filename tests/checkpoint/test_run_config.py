@@ -18,6 +18,26 @@ def test_missing_tokenizer_is_named(tmp_path):
         run_tokenizer_dir(config, "ckpt")
 
 
+def test_relative_tokenizer_is_found_from_any_directory(tmp_path, monkeypatch):
+    """An older run stored data.root relative to where training ran: serve and export-hf
+    started elsewhere take it from there (the checkpoint's path less the run_dir)."""
+    work = tmp_path / "work"
+    (work / "runs" / "demo_data" / "tokenizer").mkdir(parents=True)
+    checkpoint = work / "runs" / "demo" / "checkpoints" / "iter_0000010"
+    checkpoint.mkdir(parents=True)
+    config = {"run_dir": "runs/demo", "data": {"root": "runs/demo_data", "tokenizer": "tokenizer"}}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    found = run_tokenizer_dir(config, str(checkpoint))
+    assert found == work / "runs" / "demo_data" / "tokenizer"
+    with pytest.raises(FileNotFoundError) as caught:
+        run_tokenizer_dir({**config, "run_dir": "runs/other"}, str(checkpoint))
+    message = str(caught.value)
+    assert "\n" not in message and "runs/demo_data/tokenizer" in message
+    assert str(elsewhere) in message and "pass --tokenizer DIR" in message
+
+
 def test_chat_template_only_for_sft_runs(tmp_path):
     assert run_chat_template(tiny.run_config(tmp_path, tmp_path, "sft")) == "chatbaker"
     assert run_chat_template(tiny.run_config(tmp_path, tmp_path, "pretrain")) is None

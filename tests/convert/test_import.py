@@ -86,7 +86,7 @@ def test_imported_checkpoint_is_laid_out_as_training_saves(
     assert ".latest.tmp" in synced, "`latest` is written through the fsynced marker"
     assert sorted(os.listdir(output)) == ["iter_0000000", "latest", "tokenizer"]
     assert sorted(os.listdir(trained_root)) == ["iter_0000007", "latest"]
-    training_only = {"optimizer", "scheduler"}
+    training_only = {"optimizer", "scheduler", "optimizer_format"}
     assert set(imported) == set(trained) - training_only | {"provenance"}
     assert imported["optimizer_kind"] is None and trained["optimizer_kind"] == "local"
     assert imported["topology"] == trained["topology"] == {"tp": 1, "pp": 1, "dp": 1, "vpp": 1}

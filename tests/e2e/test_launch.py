@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -66,8 +67,17 @@ def test_invalid_config_fails_before_any_process_starts(tmp_path):
     assert result.returncode != 0
     assert "invalid config: parallel.tp*pp*cp=3: must divide the world size 2" in result.stderr
     assert "torch.distributed.run" not in result.stdout + result.stderr
-    assert not os.path.exists(tmp_path / "run" / "train.log")
+    assert not os.path.exists(tmp_path / "run")  # no empty run dir left behind (issue 25)
     assert time.monotonic() - started < 60
+    # A train.init_from that does not exist is refused before the ranks start, naming the key.
+    missing = tmp_path / "no_such_checkpoint"
+    result = run([*TRAIN, f"train.init_from={missing}", f"run_dir={tmp_path}/run"])
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"invalid config: train.init_from='{missing}': no such checkpoint or checkpoints directory"
+    )
+    assert "torch.distributed.run" not in result.stdout + result.stderr
+    assert not os.path.exists(tmp_path / "run")
 
 
 def test_cfg_job_prints_the_resolved_config(tmp_path):
@@ -165,6 +175,14 @@ def test_second_job_in_a_run_dir_fails_at_once_touching_nothing(data_root, tmp_p
     assert f"run dir {run_dir} is in use by another job (pid {os.getpid()} on host" in result.stderr
     assert "torch.distributed.run" not in result.stdout + result.stderr
     assert after == before
+    # Another run dir whose checkpoint.dir another job writes (issue 25: both wrote iter_N).
+    shared = tmp_path / "shared_checkpoints"
+    with RunLock(str(shared), "checkpoint dir"):
+        other = [*TRAIN, f"run_dir={tmp_path / 'other'}", f"checkpoint.dir={shared}"]
+        result = run([*other, *small_run(data_root, 2)], timeout=120)
+    assert result.returncode == 1
+    assert f"checkpoint dir {shared} is in use by another job" in result.stderr
+    assert "torch.distributed.run" not in result.stdout + result.stderr
 
 
 ENTRYPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "launch", "docker-entrypoint.sh")
@@ -268,11 +286,13 @@ def wait_for_iteration(
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
 def test_stop_signal_to_launcher_checkpoints_and_exits(data_root, tmp_path, sig):
     run_dir = str(tmp_path / "run")
-    proc = subprocess.Popen(
-        [*TRAIN, f"run_dir={run_dir}", *small_run(data_root, 100000)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    output = tmp_path / "output.txt"
+    with open(output, "wb") as out:
+        proc = subprocess.Popen(
+            [*TRAIN, f"run_dir={run_dir}", *small_run(data_root, 100000)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     tree: list[psutil.Process] = []
     try:
         wait_for_iteration(run_dir, proc, time.monotonic() + 240)
@@ -287,3 +307,70 @@ def test_stop_signal_to_launcher_checkpoints_and_exits(data_root, tmp_path, sig)
     assert read_common(latest)["train_state"]["iteration"] >= 1
     _gone, alive = psutil.wait_procs(tree, timeout=10)
     assert not alive, f"left running: {alive}"
+    # Issue 25: the stop reaches the ranks through the stop file, not through torchrun,
+    # whose SignalException traceback ended a clean, checkpointed stop.
+    assert "Traceback" not in output.read_text(errors="replace")
+    assert not os.path.exists(os.path.join(run_dir, "stop_requested"))
+
+
+def _waiting_launcher(stop_file: str) -> subprocess.Popen:
+    """A launcher (run_torchrun) of 2 stand-in ranks that wait for the stop file."""
+    code = (
+        "import sys; from chatbaker_megatron.launch import run_torchrun; "
+        "sys.exit(run_torchrun(1, 2, 'tests.support.waiting_rank', [], max_restarts=0, "
+        f"monitor_interval=0.2, stop_file={stop_file!r}))"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return subprocess.Popen([sys.executable, "-c", code], cwd=root)
+
+
+def _ranks_of(launcher: subprocess.Popen) -> list[psutil.Process]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        tree = psutil.Process(launcher.pid).children(recursive=True)
+        ranks = [p for p in tree if "torch.distributed.run" not in p.cmdline()]
+        if len(ranks) == 2:
+            return tree
+        time.sleep(0.1)
+    raise AssertionError("the stand-in ranks never started")
+
+
+def test_torchrun_and_ranks_end_with_their_launcher(tmp_path):
+    """Issue 25 item 1 / issue 19 item 3: a kill -9 of the launcher left torchrun and the
+    ranks training with the run-dir lock released. (A SIGTERM, as `timeout` sends, is a
+    stop request: test_stop_signal_to_launcher_checkpoints_and_exits.)"""
+    launcher = _waiting_launcher(str(tmp_path / "stop_requested"))
+    try:
+        tree = _ranks_of(launcher)
+        launcher.send_signal(signal.SIGKILL)  # the launcher alone
+        launcher.wait()
+        _gone, alive = psutil.wait_procs(tree, timeout=10)
+        assert not alive, f"left running after a kill -9 of the launcher: {alive}"
+    finally:
+        kill_tree(launcher.pid)
+        launcher.wait()
+
+
+def test_a_deterministic_fault_ends_the_job_at_once_with_one_line(data_root, tmp_path):
+    """Issue 25 items 5 and 7: a corrupted .idx of the right size passed the data check, and
+    every error at start-up went through all in-job restarts, buried in tracebacks."""
+    from chatbaker_megatron.data.datasets.integrity import HEADER_BYTES
+
+    data = tmp_path / "data"
+    shutil.copytree(data_root, data)
+    idx = data / "pretrain_en.idx"
+    with open(idx, "r+b") as f:
+        f.seek(len(b"MMIDIDX\x00\x00") + 9)
+        sequences = int.from_bytes(f.read(8), "little")
+        f.seek(HEADER_BYTES + 4 * sequences + 8 * 2)  # the third sequence's byte pointer
+        f.write((-8).to_bytes(8, "little", signed=True))
+    run_dir = tmp_path / "run"
+    args = [*TRAIN, f"run_dir={run_dir}", *small_run(str(data), 2)]
+    result = run([*args, "launch.max_restarts=3"], timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("data.datasets[") and f"{idx} is damaged at its first bad entry" in last
+    assert "sequence 2 starts at byte -8" in last
+    assert "Traceback" not in output
+    assert output.count("pre-flight skipped") == 1  # one attempt: no restart

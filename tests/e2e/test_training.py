@@ -99,7 +99,15 @@ TOPOLOGIES = {
     "tp2": ["parallel=tp2"],
     "pp2": ["parallel=pp2"],
     "pp2_vpp2": ["parallel=pp2_vpp2"],
-    "dp2_distributed_optimizer": ["parallel=dp2", "parallel.distributed_optimizer=true"],
+    # With both of megatron's DDP overlaps, the GPU default for this layout.
+    "dp2_distributed_optimizer_overlapped": [
+        "parallel=dp2",
+        "parallel.distributed_optimizer=true",
+        "parallel.overlap_grad_reduce=true",
+        "parallel.overlap_param_gather=true",
+        # A periodic save (checkpoint.format) and the final one (checkpoint.final_format).
+        "checkpoint.save_interval=3",
+    ],
 }
 
 
@@ -110,6 +118,13 @@ def test_two_rank_curve_matches_single_rank(
     overrides = base_overrides(data_root, str(tmp_path), 2) + TOPOLOGIES[topology]
     ranks.run(2, run_trainer, [*overrides, f"train.init_from={seed_ckpt}"])
     torch.testing.assert_close(losses(str(tmp_path)), reference["losses"], **LOSS_TOL)
+    if "checkpoint.save_interval=3" in overrides:
+        saved = {
+            it: read_common(os.path.join(str(tmp_path), "checkpoints", f"iter_{it:07d}"))
+            for it in (3, STEPS)
+        }
+        assert saved[3]["optimizer_format"] == "dp_reshardable"
+        assert saved[STEPS]["optimizer_format"] == "fully_reshardable"
 
 
 def test_resume_is_bit_exact(ranks, data_root, seed_ckpt, tmp_path):
@@ -166,6 +181,8 @@ def test_eight_ranks_and_resharding(ranks, data_root, seed_ckpt, reference, tmp_
         f"train.init_from={seed_ckpt}",
         "checkpoint.save_interval=3",
         "checkpoint.keep_last=5",
+        # Resumed at other TP/PP below: periodic saves in the format that allows it.
+        "checkpoint.format=fully_reshardable",
     ]
     ranks.run(8, run_trainer, overrides)
     torch.testing.assert_close(losses(source), reference["losses"], **LOSS_TOL)
@@ -227,3 +244,27 @@ def test_refused_resume_keeps_the_records_and_resume_keeps_one_row_per_iteration
     with open(os.path.join(run_dir, "metrics.rerun.jsonl"), encoding="utf-8") as f:
         (rerun,) = map(json.loads, f)
     assert (rerun["iteration"], rerun["resumed_from"], rerun["loss"]) == (5, 4, first_losses[4])
+
+
+def test_fp16_loss_scale_overflows_are_not_faults(ranks, data_root, tmp_path):
+    """fp16 starts at a 2^32 loss scale, so its first updates overflow until the scaler
+    has backed off: those are skipped and counted apart, never taken for non-finite
+    steps (which would halt the run after train.max_consecutive_skips). The tiny model's
+    grads fit from a scale of about 2^8: 24 halvings, each after two overflows
+    (hysteresis 2), so the run needs about 25 steps before its first update."""
+    steps = 32
+    run_dir = str(tmp_path / "fp16")
+    overrides = base_overrides(data_root, run_dir, 1) + [
+        "parallel=single",
+        "cluster.precision=fp16",
+        f"train.train_iters={steps}",
+        "train.global_batch_size=2",
+    ]
+    state = ranks.run(1, run_trainer, overrides)[0]["state"]
+    assert state["iteration"] == steps and state["skipped_steps"] == 0
+    assert 0 < state["skipped_overflows"] < steps  # some updates were applied
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        rows = [r for r in map(json.loads, f) if "loss" in r]
+    assert rows[-1]["skipped_overflows"] == state["skipped_overflows"]
+    assert rows[-1]["loss_scale"] < 2.0**32
+    assert rows[-1]["grad_norm"] is not None  # the last step's update was applied

@@ -77,8 +77,8 @@ def test_repl_streams_replies_resets_and_refuses(exported):
     text = out.getvalue()
     assert text.count("bot> ") == 3
     assert (
-        "\n[conversation reset]\nbot> [input refused: the input contains the blocked term '금지어']\n"
-        in text
+        "\n[conversation reset]\nbot> [input refused: the input contains a term on the "
+        "server's blocklist]\n" in text
     )
     assert [m.content for m in session.turns if m.role == "user"] == ["잘 가"]
 

@@ -16,14 +16,25 @@ def refuse_questions() -> RefuseQuestions:
     return RefuseQuestions()
 
 
-def test_blocklist_matches_case_and_width_variants(tmp_path):
+def test_blocklist_matches_case_width_spacing_and_invisible_variants(tmp_path):
     path = tmp_path / "blocklist.txt"
-    path.write_text("# one term per line\n\nSpam\n욕설\n", encoding="utf-8")
+    path.write_text("# one term per line\n\nSpam\n욕설\n폭 탄\n", encoding="utf-8")
     blocklist = load_filter(f"blocklist:{path}")
     assert isinstance(blocklist, BlocklistFilter)
-    assert blocklist.check("buy ＳＰＡＭ now") == "the input contains the blocked term 'spam'"
-    assert blocklist.check("이건 욕설입니다") is not None
+    reason = blocklist.check("buy ＳＰＡＭ now")
+    assert reason == "the input contains a term on the server's blocklist"
+    for variant in (
+        "이건 욕설입니다",
+        "폭탄",
+        "폭\u200b탄",
+        "폭 탄",
+        "폭\u00a0\u200d탄",
+        "s p\u00adam",
+    ):
+        assert blocklist.check(variant) is not None, variant
     assert blocklist.check("안녕하세요, spa day?") is None
+    # The refusal never repeats the term.
+    assert not any(term in reason for term in ("spam", "욕설", "폭탄"))
 
 
 def test_plugin_filters_load_by_name():

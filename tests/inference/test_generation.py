@@ -134,7 +134,7 @@ def test_generate_refuses_blocked_input(exported, tmp_path, capsys):
         ]
     )
     assert code == 3
-    assert "blocked term 'forbidden'" in capsys.readouterr().err
+    assert "a term on the server's blocklist" in capsys.readouterr().err
 
 
 def test_prompt_longer_than_the_model_is_refused(exported):

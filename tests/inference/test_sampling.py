@@ -9,6 +9,7 @@ import torch
 
 from chatbaker_megatron.inference.sampling import (
     SamplingConfig,
+    apply_openai_adjustments,
     apply_repetition_penalty,
     filter_top_k,
     filter_top_p,
@@ -101,3 +102,25 @@ def test_each_row_of_a_batch_draws_as_if_alone():
 def test_bad_settings_are_named(key, value):
     with pytest.raises(ValueError, match=f"--{key.replace('_', '-')}={value}"):
         SamplingConfig(**{key: value})
+
+
+def test_openai_penalties_and_logit_bias_follow_openais_formula():
+    """logit - count * frequency_penalty - (count > 0) * presence_penalty + bias, per row,
+    counting only the generated tokens."""
+    configs = [
+        SamplingConfig(presence_penalty=0.5, frequency_penalty=0.25, logit_bias=((4, 3.0),)),
+        SamplingConfig(),
+    ]
+    generated = [[1, 1, 2], [1]]
+    out = apply_openai_adjustments(LOGITS.repeat(2, 1), generated, configs)
+    expected = LOGITS.clone()
+    expected[1] -= 2 * 0.25 + 0.5
+    expected[2] -= 1 * 0.25 + 0.5
+    expected[4] += 3.0
+    assert torch.allclose(out[0], expected) and torch.equal(out[1], LOGITS)
+    # Greedy with a penalty large enough steers off the repeated argmax.
+    strong = SamplingConfig(greedy=True, frequency_penalty=2.0)
+    assert next_tokens(LOGITS[None], [[9, 0]], [strong], [None], [[0]]) == [1]
+    assert next_tokens(LOGITS[None], [[9, 0]], [strong], [None]) == [0]  # nothing generated
+    with pytest.raises(ValueError, match="--presence-penalty=3"):
+        SamplingConfig(presence_penalty=3)

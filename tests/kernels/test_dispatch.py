@@ -48,7 +48,7 @@ def test_auto_without_cuda_is_torch(monkeypatch):
 )
 def test_auto_with_cuda_takes_the_most_preferred_available(monkeypatch, modules, attention, norm):
     _pretend_installed(monkeypatch, cuda=True, modules=modules)
-    resolved = dispatch.resolve_kernels(KernelsConfig())
+    resolved = dispatch.resolve_kernels(KernelsConfig(), torch.bfloat16)
     assert resolved == dispatch.ResolvedKernels(attention=attention, norm=norm)
 
 
@@ -127,3 +127,60 @@ def test_kv_cache_kernels_align_the_causal_mask(monkeypatch, cuda, modules, dtyp
     chosen = dispatch.kv_cache_kernels(dtype)
     assert chosen.attention == attention
     assert chosen.attention not in ("te", "triton")
+
+
+def test_auto_takes_the_runs_dtype_into_account(monkeypatch):
+    """flash-attn computes in fp16/bf16 only: an fp32 run on a GPU with flash-attn and
+    no Transformer Engine gets the next backend, and asking for flash is an error."""
+    _pretend_installed(monkeypatch, cuda=True, modules={"flash_attn", "triton"})
+    assert dispatch.resolve_kernels(KernelsConfig(), torch.bfloat16).attention == "flash"
+    assert dispatch.resolve_kernels(KernelsConfig(), torch.float32).attention == "triton"
+    with pytest.raises(KernelBackendError, match=r"does not compute in torch\.float32"):
+        dispatch.resolve_kernels(KernelsConfig(attention="flash"), torch.float32)
+
+
+def test_a_library_that_fails_to_import_is_not_available(monkeypatch, tmp_path, caplog):
+    """Found by find_spec but broken (a TE built for another CUDA): not picked by `auto`."""
+    (tmp_path / "broken_kernels_lib.py").write_text("raise OSError('libcudart.so.12: not found')")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    dispatch._installed.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger=dispatch.__name__):
+            assert dispatch._installed("broken_kernels_lib") is False
+        assert "broken_kernels_lib is installed but does not import" in caplog.text
+        assert "libcudart.so.12" in caplog.text
+        assert dispatch._installed("json") is True
+    finally:
+        dispatch._installed.cache_clear()
+
+
+def test_fused_ops_follow_what_imports(monkeypatch):
+    _pretend_installed(monkeypatch, cuda=True, modules={"transformer_engine"})
+    assert dispatch.fused_ops() == {
+        "bias_activation_fusion": True,
+        "apply_rope_fusion": True,  # Transformer Engine's kernel
+        "gradient_accumulation_fusion": False,  # apex's fused_weight_gradient_mlp_cuda
+    }
+    _pretend_installed(monkeypatch, cuda=False, modules={"transformer_engine"})
+    assert not any(dispatch.fused_ops().values())
+
+
+# megatron checks apply_rope_fusion against a real Transformer Engine (absent here),
+# so the RoPE fusion is left out of the config built below.
+@pytest.mark.parametrize(
+    ("modules", "wgrad"), [({"fused_weight_gradient_mlp_cuda"}, True), (set(), False)]
+)
+def test_the_model_config_on_a_gpu_machine(monkeypatch, modules, wgrad):
+    """The TransformerConfig a GPU run builds: the fused ops where their kernels import,
+    every setting given once (the CPU suite never builds this config otherwise)."""
+    from chatbaker_megatron import platform
+    from chatbaker_megatron.config.parallel import ParallelConfig
+    from chatbaker_megatron.model.llama import transformer_config
+    from tests.support.tiny_model import TINY_MODEL
+
+    _pretend_installed(monkeypatch, cuda=True, modules=modules)
+    monkeypatch.setattr(platform, "megatron_config_overrides", lambda: {})
+    config = transformer_config(TINY_MODEL, ParallelConfig(), params_dtype=torch.bfloat16)
+    assert config.bias_activation_fusion is True
+    assert config.apply_rope_fusion is False
+    assert config.gradient_accumulation_fusion is wgrad

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import warnings
 
 import pytest
 import torch
@@ -82,6 +83,52 @@ def test_collectives_refuse_host_tensors_like_nccl(ranks):
         assert result["module_params_on_device"]
         assert result["module_before_move"], "a module built without a device is on the host"
         assert result["objects"] == [{"rank": 0}, {"rank": 1}]
+
+
+def host_tensors_through_each_entry_point() -> dict:
+    """Every c10d entry point that NCCL would refuse a host tensor in, on torch 2.14's spellings."""
+    plat = platform.detect()
+    peer = 1 - dist.get_rank()
+    gathered = plat.tensor([0.0, 0.0])
+    scattered = plat.tensor([0.0])
+
+    def batch_with_host_send() -> None:
+        ops = [
+            dist.P2POp(dist.isend, torch.ones(1), peer),
+            dist.P2POp(dist.irecv, plat.tensor([0.0]), peer),
+        ]
+        for work in dist.batch_isend_irecv(ops):
+            work.wait()
+
+    refusals = {
+        "all_gather_into_tensor": lambda: dist.all_gather_into_tensor(gathered, torch.ones(1)),
+        "_all_gather_base": lambda: dist._all_gather_base(gathered, torch.ones(1)),
+        "reduce_scatter_tensor": lambda: dist.reduce_scatter_tensor(scattered, torch.ones(2)),
+        "_reduce_scatter_base": lambda: dist._reduce_scatter_base(scattered, torch.ones(2)),
+        "batch_isend_irecv": batch_with_host_send,
+        "as_tensor": lambda: dist.all_reduce(torch.as_tensor([1.0])),
+        "device_cpu": lambda: dist.all_reduce(torch.zeros(1, device=torch.device("cpu"))),
+        "to_device_cpu": lambda: dist.all_reduce(plat.tensor([1.0]).to(torch.device("cpu"))),
+    }
+    with warnings.catch_warnings():  # torch deprecates the aliases; they still run
+        warnings.simplefilter("ignore", FutureWarning)
+        results = {case: _refusal(call) for case, call in refusals.items()}
+    compute = plat.tensor([1.0])
+    # The same calls on compute tensors go through (a tensor's `.device` is not the host).
+    dist.all_gather_into_tensor(gathered, plat.tensor([float(dist.get_rank())]))
+    dist.reduce_scatter_tensor(scattered, torch.ones(2, device=compute.device))
+    dist.all_reduce(torch.as_tensor(compute))
+    results["compute"] = gathered.tolist() + scattered.tolist() + compute.tolist()
+    return results
+
+
+def test_each_entry_point_refuses_host_tensors(ranks):
+    for result in ranks.run(2, host_tensors_through_each_entry_point):
+        assert result.pop("compute") == [0.0, 1.0, 2.0, 2.0]
+        for case, message in result.items():
+            assert message is not None, f"{case}: a host tensor passed an NCCL-group collective"
+            assert message.startswith(device_rules.NCCL_ERROR), (case, message)
+            assert "test_device_rules.py" in message, (case, message)
 
 
 def engine_left_on_host_is_refused() -> str | None:

@@ -21,8 +21,8 @@ from chatbaker_megatron.inference.generator import Generator
 from chatbaker_megatron.inference.sampling import SamplingConfig
 
 QUESTION = "안녕하세요? 한국어로 대답해 주세요."
-# The server's defaults (cli: --repetition-penalty 1.1) with OpenAI's temperature 0.
-GREEDY = SamplingConfig(greedy=True, repetition_penalty=1.1, max_new_tokens=12)
+# OpenAI's temperature 0 with the server's defaults: no repetition penalty, as in OpenAI's API.
+GREEDY = SamplingConfig(greedy=True, max_new_tokens=12)
 
 
 @pytest.fixture(scope="module")

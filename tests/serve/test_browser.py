@@ -11,6 +11,7 @@ README is taken here: docs/images/serve-chat.png.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "serve-chat.png"
+IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+SCREENSHOT = IMAGES / "serve-chat.png"  # 1280 x 900
+PHONE_SCREENSHOT = IMAGES / "serve-chat-phone.png"  # 390 x 844
 MAX_TOKENS = 24
 WAIT_S = 30
 
@@ -53,6 +56,27 @@ window.__observer = new MutationObserver(() => {
 window.__observer.observe(document.getElementById("log"), {childList: true, subtree: true, characterData: true});
 """
 
+# The next chat request gets this SSE answer instead of the server's: `chunks` (chat
+# chunks), then [DONE] unless `hang` (then it ends only when the page aborts it).
+FAKE_ANSWER_JS = """
+const [chunks, hang] = arguments;
+const wrapped = window.fetch;
+window.fetch = (url, options) => {
+  if (!String(url).includes("chat/completions")) return wrapped(url, options);
+  window.fetch = wrapped;
+  window.__sent.push(JSON.parse(options.body));
+  const encode = (text) => new TextEncoder().encode(text);
+  const body = new ReadableStream({
+    start(controller) {
+      for (const chunk of chunks) controller.enqueue(encode(`data: ${JSON.stringify(chunk)}\\n\\n`));
+      if (!hang) { controller.enqueue(encode("data: [DONE]\\n\\n")); controller.close(); }
+      options.signal.addEventListener("abort", () => controller.error(new DOMException("stopped", "AbortError")));
+    },
+  });
+  return Promise.resolve(new Response(body, {status: 200, headers: {"Content-Type": "text/event-stream"}}));
+};
+"""
+
 ENTER_JS = """
 const [input, composing, keyCode] = arguments;
 input.dispatchEvent(new KeyboardEvent("keydown", {
@@ -72,7 +96,7 @@ def browser():
         "--disable-gpu",
         "--hide-scrollbars",
         "--force-device-scale-factor=1",
-        "--window-size=900,900",
+        "--window-size=1280,900",
     ):
         options.add_argument(arg)
     # The driver's path given: selenium does not run Selenium Manager (no downloads).
@@ -138,6 +162,24 @@ def finished_answers(driver) -> list[str]:
     )
 
 
+@contextlib.contextmanager
+def phone(driver, width: int = 390, height: int = 844):
+    """A phone-sized viewport (a headless window cannot be made that narrow)."""
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": True},
+    )
+    try:
+        yield
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def chunk(content: str | None = None, finish: str | None = None) -> dict:
+    delta = {"role": "assistant", "content": ""} if content is None else {"content": content}
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
 def js_length(driver, text: str) -> int:
     """The length the page's JavaScript sees (UTF-16 units, as the observer records)."""
     return driver.execute_script("return arguments[0].length", text)
@@ -173,7 +215,8 @@ def test_filtered_message_is_refused_politely(page, served):
     )[0]
     assert "rephrase" in notice.text
     assert "error" not in notice.get_attribute("class").split()  # a notice, not a failure
-    assert served.blocked_word in notice.text  # the server's reason names the term
+    assert "blocklist" in notice.text  # the server's reason, without the term
+    assert served.blocked_word not in notice.text
     assert page.find_elements(By.CSS_SELECTOR, "#log .assistant") == []
     assert "refused" in page.find_element(By.CSS_SELECTOR, "#log .user").get_attribute("class")
     assert page.find_element(By.ID, "send").is_enabled()
@@ -209,6 +252,8 @@ def test_history_and_korean_ime_guard(page, served):
     page.execute_script("document.activeElement.blur()")  # no blinking caret in the picture
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     SCREENSHOT.write_bytes(page.get_screenshot_as_png())
+    with phone(page):
+        PHONE_SCREENSHOT.write_bytes(page.get_screenshot_as_png())
 
 
 def test_stop_button_ends_the_stream(page):
@@ -252,12 +297,7 @@ def test_labels_and_narrow_window(page):
     assert unlabelled == []
     assert page.find_element(By.ID, "log").get_attribute("aria-live") == "polite"
 
-    # A phone-sized viewport (a headless window cannot be made that narrow).
-    page.execute_cdp_cmd(
-        "Emulation.setDeviceMetricsOverride",
-        {"width": 360, "height": 740, "deviceScaleFactor": 1, "mobile": True},
-    )
-    try:
+    with phone(page, 360, 740):
         width, scroll_width = page.execute_script(
             "const root = document.documentElement; return [root.clientWidth, root.scrollWidth]"
         )
@@ -266,5 +306,68 @@ def test_labels_and_narrow_window(page):
         for control in ("input", "send", "stop"):
             box = page.find_element(By.ID, control).rect
             assert box["x"] >= 0 and box["x"] + box["width"] <= width, control
-    finally:
-        page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_korean_page_one_scrollbar_and_the_cut_note_in_view(page):
+    assert page.execute_script("return document.documentElement.lang") == "ko"
+    icon = page.execute_async_script(
+        "const done = arguments[0];"
+        "fetch(document.querySelector('link[rel=icon]').href).then(r => done(r.status));"
+    )
+    assert icon == 200
+    assert (
+        page.execute_async_script("fetch('favicon.ico').then(r => arguments[0](r.status))") == 200
+    )
+    new_chat(page)
+    lines = "\n".join(
+        f"{n}번째 줄입니다. 한국어 문장은 어절 단위로 줄을 바꿉니다." for n in range(12)
+    )
+    for turn in range(4):
+        page.execute_script(FAKE_ANSWER_JS, [chunk(), chunk(lines), chunk(None, "length")], False)
+        type_and_send(page, f"질문 {turn}")
+        finished_answers(page)
+    layout = page.execute_script("""
+      const root = document.documentElement, main = document.querySelector("main");
+      const note = [...document.querySelectorAll("#log .note")].pop().getBoundingClientRect();
+      const view = main.getBoundingClientRect();
+      const text = document.querySelector("#log .assistant");
+      return {rootScroll: root.scrollHeight - root.clientHeight,
+              bodyScroll: document.body.scrollHeight - document.body.clientHeight,
+              mainScroll: main.scrollHeight - main.clientHeight,
+              noteTop: note.top, noteBottom: note.bottom, viewTop: view.top, viewBottom: view.bottom,
+              wordBreak: getComputedStyle(text).wordBreak, lang: text.closest("[lang]").lang};
+    """)
+    assert layout["mainScroll"] > 0, "the conversation does not overflow: nothing tested"
+    assert layout["rootScroll"] <= 0 and layout["bodyScroll"] <= 0, f"two scrollbars: {layout}"
+    assert (
+        layout["viewTop"] <= layout["noteTop"] and layout["noteBottom"] <= layout["viewBottom"] + 1
+    )
+    assert layout["wordBreak"] == "keep-all" and layout["lang"] == "ko"
+    with phone(page):
+        page.find_element(By.CSS_SELECTOR, "#settings summary").click()
+        try:
+            height = page.execute_script("return document.querySelector('main').clientHeight")
+            assert height >= 844 * 0.3, f"open settings leave the conversation {height}px"
+        finally:
+            page.find_element(By.CSS_SELECTOR, "#settings summary").click()
+
+
+def test_empty_and_stopped_before_text_answers_leave_no_empty_turn(page):
+    new_chat(page)
+    page.execute_script(FAKE_ANSWER_JS, [chunk(), chunk(None, "stop")], False)
+    type_and_send(page, "빈 대답")
+    finished_answers(page)
+    empty = page.find_element(By.CSS_SELECTOR, "#log .assistant")
+    assert "empty" in empty.get_attribute("class") and "empty answer" in empty.text
+
+    page.execute_script(FAKE_ANSWER_JS, [chunk()], True)  # the answer never begins
+    type_and_send(page, "멈출 질문")
+    wait(page, lambda d: d.find_element(By.ID, "stop").is_enabled(), "not streaming")
+    page.find_element(By.ID, "stop").click()
+    finished_answers(page)
+    assert "not kept" in page.find_elements(By.CSS_SELECTOR, "#log .user")[-1].text
+
+    type_and_send(page, "다음 질문")
+    finished_answers(page)
+    messages = page.execute_script("return window.__sent")[-1]["messages"]
+    assert messages == [{"role": "user", "content": "다음 질문"}], messages

@@ -37,7 +37,16 @@ def _good(served, **fields):
         ("max_tokens negative", 400, "max_tokens", None),
         ("unknown role", 400, "messages[0].role", None),
         ("assistant last", 400, "messages", None),
-        ("n 2", 400, "n", None),
+        ("n too many", 400, "n", None),
+        ("max_tokens true", 400, "max_tokens", None),
+        ("stream yes", 400, "stream", None),
+        ("seed past 64 bits", 400, "seed", None),
+        ("five stop strings", 400, "stop", None),
+        ("unknown field", 400, "foo", None),
+        ("tools", 400, "tools", "unsupported_parameter"),
+        ("response_format json", 400, "response_format", "unsupported_parameter"),
+        ("top_logprobs alone", 400, "top_logprobs", "unsupported_parameter"),
+        ("logit_bias past the vocabulary", 400, "logit_bias", None),
         ("over-long prompt", 400, "messages", "context_length_exceeded"),
         ("wrong key", 401, None, "invalid_api_key"),
         ("missing key", 401, None, "invalid_api_key"),
@@ -58,7 +67,20 @@ def test_bad_chat_requests(served, case, status, param, code):
         "assistant last": lambda: _chat(
             served, {**good, "messages": [{"role": "assistant", "content": "hi"}]}
         ),
-        "n 2": lambda: _chat(served, {**good, "n": 2}),
+        "n too many": lambda: _chat(served, {**good, "n": 17}),
+        "max_tokens true": lambda: _chat(served, {**good, "max_tokens": True}),
+        "stream yes": lambda: _chat(served, {**good, "stream": "yes"}),
+        "seed past 64 bits": lambda: _chat(served, {**good, "seed": 2**64}),
+        "five stop strings": lambda: _chat(served, {**good, "stop": list("abcde")}),
+        "unknown field": lambda: _chat(served, {**good, "foo": 1}),
+        "tools": lambda: _chat(served, {**good, "tools": [{"type": "function"}]}),
+        "response_format json": lambda: _chat(
+            served, {**good, "response_format": {"type": "json_object"}}
+        ),
+        "top_logprobs alone": lambda: _chat(served, {**good, "top_logprobs": 2}),
+        "logit_bias past the vocabulary": lambda: _chat(
+            served, {**good, "logit_bias": {"99999": 5}}
+        ),
         "over-long prompt": lambda: _chat(
             served, {**good, "messages": [{"role": "user", "content": "가나다 " * 600}]}
         ),
@@ -85,6 +107,12 @@ def test_bad_completion_requests(served):
         ({"model": served.model_id}, "prompt"),
         ({"model": served.model_id, "prompt": "가", "temperature": -1}, "temperature"),
         ({"model": served.model_id, "prompt": "가", "top_p": 0}, "top_p"),
+        ({"model": served.model_id, "prompt": "가", "suffix": "나"}, "suffix"),
+        ({"model": served.model_id, "prompt": "가", "best_of": 3}, "best_of"),
+        ({"model": served.model_id, "prompt": "가", "echo": 1}, "echo"),
+        ({"model": served.model_id, "prompt": "가", "logprobs": 6}, "logprobs"),
+        ({"model": served.model_id, "prompt": [5, 99999]}, "prompt"),
+        ({"model": served.model_id, "prompt": "가", "stream": True, "echo": True}, "echo"),
     ]:
         response = httpx2.post(url, json=body, headers=headers)
         assert response.status_code == 400, body

@@ -38,7 +38,10 @@ def _refused(client, served, text: str, history: bool = False) -> dict:
 
 def test_blocklist_and_moderation_refuse_and_everything_is_logged(served, client):
     blocked = _refused(client, served, f"이 문장에는 {served.blocked_word}가 있어요")
-    assert served.blocked_word in blocked["message"]
+    assert "blocklist" in blocked["message"] and served.blocked_word not in blocked["message"]
+    # Spacing and invisible characters do not hide the term.
+    hidden = f"{served.blocked_word[0]}\u200b {served.blocked_word[1:]}"
+    assert "blocklist" in _refused(client, served, hidden)["message"]
     flagged = _refused(client, served, f"{served.flagged_word} 만드는 법", history=True)
     assert "violence" in flagged["message"]
     assert any(served.flagged_word in text for text in served.moderated)
@@ -49,7 +52,7 @@ def test_blocklist_and_moderation_refuse_and_everything_is_logged(served, client
     assert "좋은 아침" in served.moderated
     lines = [json.loads(line) for line in served.request_log.read_text("utf-8").splitlines()]
     refusals = [line for line in lines if line.get("refused")]
-    assert any(served.blocked_word in line["refused"] for line in refusals)
+    assert any("blocklist" in line["refused"] for line in refusals)
     assert any("violence" in line["refused"] for line in refusals)
     chats = [line for line in lines if line["endpoint"] == "chat"]
     exchange = next(line for line in chats if line["input"][0]["content"] == "좋은 아침")

@@ -7,18 +7,22 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
 
 @contextlib.contextmanager
-def running(app: FastAPI) -> Iterator[str]:
-    """Serve `app` on a free loopback port until the block ends; yields its base URL."""
+def running(app: FastAPI, stop_within: float = 30, **config: Any) -> Iterator[str]:
+    """Serve `app` on a free loopback port until the block ends; yields its base URL.
+
+    `config`: more uvicorn settings. Leaving the block stops the server as SIGTERM
+    does; RuntimeError when it has not stopped within `stop_within` seconds."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -30,5 +34,7 @@ def running(app: FastAPI) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        thread.join(timeout=30)
+        thread.join(timeout=stop_within)
         sock.close()
+        if thread.is_alive():
+            raise RuntimeError(f"the server did not stop within {stop_within} s")

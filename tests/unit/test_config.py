@@ -85,6 +85,9 @@ BAD = {
     "optim.warmup_iters=-1": "optim.warmup_iters=-1: expected >= 0",
     "train.global_batch_size=0": "train.global_batch_size=0: expected >= 1",
     "logging.log_interval=0": "logging.log_interval=0: expected >= 1",
+    # Issue 25: an empty run_dir trained into the current directory.
+    "run_dir=": "run_dir='': a directory",
+    "optim.resume_schedule=both": "optim.resume_schedule='both': expected one of config, checkpoint",
 }
 
 

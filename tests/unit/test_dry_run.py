@@ -53,6 +53,26 @@ def test_default_ranks_equal_the_planner(overrides, ranks):
         assert r["mismatches"] == [], r
         for key in ("weights", "grads", "optimizer"):
             assert r["built"][key] == r["planned"][key]
+        check_checkpoint_figures(r, data)
+
+
+def check_checkpoint_figures(r: dict, data: dict) -> None:
+    """Against the rank's parameter count: Adam keeps fp32 main weights and two moments."""
+    fp32_state = 12 * r["built"]["params"]
+    dp = data["world_size"] // (data["parallel"]["tp"] * data["parallel"]["pp"])
+    dp_format = r["checkpoint"]["formats"]["dp_reshardable"]
+    fully = r["checkpoint"]["formats"]["fully_reshardable"]
+    # fully_reshardable: DP rank 0 gathers and writes the whole state of its model shard,
+    # every rank reads all of it back into host buffers.
+    assert fully["load_host"] == fp32_state
+    assert fully["gathered"] == (fp32_state if r["dp_rank"] == 0 else 0)
+    if r["dp_rank"] == 0:
+        assert fully["written"] >= fp32_state
+    # dp_reshardable: each rank writes its own shard (padding aside), gathers nothing.
+    assert dp_format["gathered"] == dp_format["load_host"] == 0
+    assert dp_format["written"] >= fp32_state // dp * 0.99
+    assert data["checkpoint"]["periodic_and_stop"]["format"] == "dp_reshardable"
+    assert data["checkpoint"]["final"]["format"] == "fully_reshardable"
 
 
 def test_invalid_layout_fails_like_train():

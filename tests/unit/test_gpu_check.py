@@ -127,6 +127,106 @@ def test_a_failed_install_skips_the_rest_and_a_spent_budget_skips_steps(tmp_path
     assert result.verdict == "skipped" and "budget is spent" in result.reason
 
 
+def test_one_gpu_budgets_fit_the_total_and_pythonpath_is_prepended(tmp_path, monkeypatch):
+    one_gpu = [budget for name, budget, _ in gpu_check.STEPS if name != "parallel-nccl"]
+    assert sum(one_gpu) <= gpu_check.TOTAL_BUDGET_S
+
+    monkeypatch.setenv("PYTHONPATH", "/machine/packages")
+    ctx = _fake_context(tmp_path)
+    assert ctx.env()["PYTHONPATH"] == f"{ctx.site}{os.pathsep}/machine/packages"
+
+
+def test_kernel_bench_starts_as_the_check_starts_it(tmp_path):
+    """Started exactly as the step starts it (PYTHONPATH = the install alone), the
+    benchmark imports (its `tests.support` helper included) and says there is no GPU."""
+    ctx = _fake_context(tmp_path)
+    ctx.step_deadline = time.monotonic() + 120
+    outcome = ctx.run("kernel-bench", gpu_check.kernel_bench_command(ctx, tmp_path / "k.json"))
+    log = outcome.log.read_text(encoding="utf-8")
+    assert outcome.ok, log[-2000:]
+    assert "needs a CUDA GPU and found none" in log
+
+
+def test_a_second_run_starts_from_empty_folders(tmp_path, monkeypatch):
+    ctx = _fake_context(tmp_path)
+    old = ctx.work / "tiny-gpu" / "checkpoints"
+    old.mkdir(parents=True)
+    (old / "latest").write_text("30")
+    assert not ctx.fresh("tiny-gpu").exists()
+
+    (old).mkdir(parents=True)
+    (old / "latest").write_text("30")
+    monkeypatch.setattr(gpu_check, "STEPS", [("hf", 5, gpu_check.step_hf)])
+    (result,) = gpu_check.run_steps(ctx, ["hf"])  # train-tiny did not run in this run
+    assert result.verdict == "skipped" and "this run's" in result.reason
+
+
+def test_cuda_extension_needs_nvcc_of_torchs_major_version(tmp_path):
+    assert "CUDA_HOME is None" in gpu_check.toolkit_problem(None, "13.0")
+    assert "has no bin/nvcc" in gpu_check.toolkit_problem(str(tmp_path), "13.0")
+    nvcc = tmp_path / "bin" / "nvcc"
+    nvcc.parent.mkdir()
+    nvcc.write_text("#!/bin/sh\necho 'Cuda compilation tools, release 12.8, V12.8.93'\n")
+    nvcc.chmod(0o755)
+    assert gpu_check.toolkit_problem(str(tmp_path), "13.0") == (
+        "nvcc is CUDA 12.8, torch is built for CUDA 13.0"
+    )
+    assert gpu_check.toolkit_problem(str(tmp_path), "12.6") is None
+
+
+# A stand-in for `nvidia-smi --query-compute-apps=pid`: the live pids listed in a file.
+FAKE_NVIDIA_SMI = """#!{python}
+import os, sys
+from pathlib import Path
+for word in Path(os.environ["FAKE_GPU_PIDS"]).read_text().split():
+    try:
+        stat = Path(f"/proc/{{word}}/stat").read_text()
+    except OSError:
+        continue
+    if stat[stat.rindex(")") + 2] != "Z":
+        print(word)
+"""
+
+# What a step's command does on the GPU machine: torchrun in a process group of its
+# own (which coreutils `timeout` does not signal) registers on the GPU, and the
+# command outlives its budget. ESCAPE=1: a process that leaves the session too.
+TORCHRUN_LIKE = """
+import os, subprocess, sys
+kw = {"start_new_session": True} if os.environ.get("ESCAPE") else {"process_group": 0}
+child = subprocess.Popen(["sleep", "300"], **kw)
+with open(os.environ["FAKE_GPU_PIDS"], "a") as f:
+    f.write(f"{child.pid}\\n")
+subprocess.run(["sleep", "300"])
+"""
+
+
+@pytest.mark.parametrize("escape", [False, True])
+def test_a_step_leaves_no_process_on_the_gpu(tmp_path, monkeypatch, escape):
+    bin_dir, pids = tmp_path / "bin", tmp_path / "gpu-pids"
+    bin_dir.mkdir()
+    pids.write_text("")
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text(FAKE_NVIDIA_SMI.format(python=sys.executable))
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_GPU_PIDS", str(pids))
+    monkeypatch.setenv("ESCAPE", "1" if escape else "")
+
+    def torchrun_step(ctx):
+        outcome = ctx.run("train", [sys.executable, "-c", TORCHRUN_LIKE])
+        return gpu_check.fail(outcome, "the run") if not outcome.ok else gpu_check.StepResult()
+
+    monkeypatch.setattr(gpu_check, "STEPS", [("train-tiny", 2, torchrun_step)])
+    (result,) = gpu_check.run_steps(_fake_context(tmp_path), ["train-tiny"])
+
+    (pid,) = map(int, pids.read_text().split())
+    assert not gpu_check._alive(pid)
+    assert gpu_check.gpu_pids() == set()
+    assert result.verdict == "fail" and "timed out" in result.reason
+    # Caught by the session sweep, or else by the GPU check before the next step.
+    assert (f"processes [{pid}] were still on the GPU" in result.reason) == escape
+
+
 def test_loss_table_and_throughput_figures():
     table, worst = gpu_check.loss_table({1: 8.3, 2: 8.0, 3: 7.5}, {1: 8.3, 2: 8.01, 3: 7.47})
     assert worst == pytest.approx(0.03)

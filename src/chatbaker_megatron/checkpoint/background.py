@@ -24,7 +24,11 @@ from chatbaker_megatron.checkpoint.save import (
     start_background_write,
     training_state,
 )
-from chatbaker_megatron.checkpoint.state import ModelAndOptimizer, TrainState
+from chatbaker_megatron.checkpoint.state import (
+    LEGACY_OPTIMIZER_FORMAT,
+    ModelAndOptimizer,
+    TrainState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +54,11 @@ class BackgroundSaves:
         config: dict[str, Any],
         keep_last: int,
         finite: bool = True,
+        optimizer_format: str = LEGACY_OPTIMIZER_FORMAT,
     ) -> str:
         """Collective: snapshot the training state and write it in the background."""
         self.wait()
-        sharded = training_state(parts, state, config)
+        sharded = training_state(parts, state, config, optimizer_format)
         final, request = start_background_write(
             root, state.iteration, sharded, keep_last, finite=finite
         )

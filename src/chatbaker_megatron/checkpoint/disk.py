@@ -15,11 +15,16 @@ import re
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
+
+import torch
 
 from chatbaker_megatron.checkpoint.manifest import ManifestError, read_manifest
 
 _ERRNO = re.compile(r"\[Errno (\d+)\]")
 _DISK_ERRORS = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system"}
+# Less free space than this after a failed write: the disk filled up, whatever the error says.
+FULL_BELOW_BYTES = 16 * 2**20
 
 
 def checkpoint_bytes(path: str) -> int:
@@ -135,15 +140,33 @@ def save_failure(
     code = os_errno(err, logged)
     if code in _DISK_ERRORS:
         reason = f"{_DISK_ERRORS[code]} ({errno.errorcode[code]})"
-    elif needed and free is not None and free < needed:
-        # Not every full disk gives an errno: torch's zip writer says "unexpected pos".
-        reason = f"the disk is full ({type(err).__name__})"
+    elif _full(free, needed):
+        # Not every full disk gives an errno: torch's zip writer says "unexpected pos",
+        # megatron's coordinator `CheckpointException ... ranks:dict_keys([0])`.
+        reason = f"the disk is full (ENOSPC; the writer said {type(err).__name__})"
     else:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         reason = f"{type(err).__name__}: {first_line}"
     room = f"{free:,} bytes free" if free is not None else "free space unknown"
     need = f", about {needed:,} needed" if needed else ""
     return f"saving checkpoint {tmp} failed: {reason}; {room}{need}"
+
+
+def _full(free: int | None, needed: int | None) -> bool:
+    if free is None:
+        return False
+    return free < FULL_BELOW_BYTES or (needed is not None and free < needed)
+
+
+def state_bytes(sharded: Any, world_size: int) -> int:
+    """The bytes a first checkpoint will take, about: this rank's tensors x the ranks
+    (the ranks hold shares of about one size; there is no earlier checkpoint to go by)."""
+    if isinstance(sharded, dict):
+        return sum(state_bytes(value, 1) for value in sharded.values()) * world_size
+    if isinstance(sharded, list | tuple):
+        return sum(state_bytes(value, 1) for value in sharded) * world_size
+    data = getattr(sharded, "data", sharded)
+    return data.numel() * data.element_size() * world_size if torch.is_tensor(data) else 0
 
 
 def most_telling(errors: list[str]) -> str:

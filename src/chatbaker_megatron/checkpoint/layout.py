@@ -35,8 +35,15 @@ def latest_checkpoint(root: str) -> str | None:
     marker = os.path.join(root, LATEST)
     if not os.path.exists(marker):
         return None
-    with open(marker, encoding="utf-8") as f:
-        name = f.read().strip()
+    with open(marker, "rb") as f:
+        raw = f.read(4096)
+    try:
+        name = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise CheckpointError(
+            f"{marker} is damaged: {raw[:40]!r} is not the name of a checkpoint directory "
+            "(expected e.g. iter_0000200)"
+        ) from None
     path = os.path.join(root, name)
     if not _ITER_DIR.match(name) or not os.path.isdir(path):
         raise CheckpointError(
@@ -83,36 +90,40 @@ def iterations(root: str) -> list[int]:
     return sorted(int(m.group(1)) for m in (_ITER_DIR.match(n) for n in os.listdir(root)) if m)
 
 
-def last_good(root: str) -> int | None:
-    """The newest checkpoint whose manifest says it is finite and whose files have their sizes.
+def is_good(path: str) -> bool:
+    """A manifest that says finite, and every file it lists present with its size.
 
     Sizes only: a CRC of every file at every save would read each checkpoint again.
     """
-    for iteration in reversed(iterations(root)):
-        path = iteration_dir(root, iteration)
-        try:
-            manifest = read_manifest(path)
-        except ManifestError:
-            continue
-        if (
-            manifest is not None
-            and manifest.finite
-            and not check_files(path, manifest, list(manifest.files), checksums=False)
-        ):
-            return iteration
-    return None
+    try:
+        manifest = read_manifest(path)
+    except ManifestError:
+        return False
+    return (
+        manifest is not None
+        and manifest.finite
+        and not check_files(path, manifest, list(manifest.files), checksums=False)
+    )
+
+
+def last_good(root: str) -> int | None:
+    """The newest good checkpoint (`is_good`)."""
+    return next((i for i in reversed(iterations(root)) if is_good(iteration_dir(root, i))), None)
 
 
 def prune(root: str, keep_last: int) -> None:
-    """Keep the newest `keep_last` complete checkpoints, and the last good one (`last_good`).
+    """Keep the newest `keep_last` complete checkpoints, and every good one (`is_good`)
+    that has fewer than `keep_last` good ones after it.
 
     With train.nan_policy=halt or a run that skips non-finite steps, the
-    newest checkpoints may hold a state that is not finite; the last one
-    that is stays until a newer finite one is written.
+    newest checkpoints may hold a state that is not finite (or cannot be
+    verified): they never push a good one out. A good checkpoint goes only
+    once `keep_last` newer good ones exist.
     """
-    good = last_good(root)
-    for iteration in iterations(root)[:-keep_last]:
-        if iteration != good:
+    done = iterations(root)
+    good = [is_good(iteration_dir(root, i)) for i in done]
+    for index, iteration in enumerate(done[:-keep_last]):
+        if not good[index] or sum(good[index + 1 :]) >= keep_last:
             shutil.rmtree(iteration_dir(root, iteration))
 
 

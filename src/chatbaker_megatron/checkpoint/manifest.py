@@ -174,30 +174,42 @@ def check_files(
     return problems
 
 
-def verify_local(directory: str) -> list[str]:
+def unverifiable(directory: str, allow_unverified: bool) -> list[str]:
+    """The problem of a checkpoint without a manifest: none only with `allow_unverified`."""
+    if not os.path.isdir(directory):
+        return [f"{directory} does not exist"]
+    if allow_unverified:
+        return []
+    return [
+        f"{MANIFEST} is missing, so its files cannot be verified (a checkpoint written before "
+        "manifests, or copied without it); load it unchecked only if you trust it, with "
+        "checkpoint.allow_unverified=true"
+    ]
+
+
+def verify_local(directory: str, allow_unverified: bool = False) -> list[str]:
     """Check every file of a checkpoint in this process (tools reading a checkpoint alone)."""
     try:
         manifest = read_manifest(directory)
     except ManifestError as err:
         return [str(err)]
     if manifest is None:
-        return []
+        return unverifiable(directory, allow_unverified)
     return check_files(directory, manifest, sorted(manifest.files))
 
 
-def verify(directory: str) -> list[str]:
+def verify(directory: str, allow_unverified: bool = False) -> list[str]:
     """Collective: every rank checks a share of the files; all get every problem found.
 
-    An empty list also for a checkpoint without a manifest (nothing to check).
+    A checkpoint without a manifest is refused unless `allow_unverified`.
     """
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
         manifest = read_manifest(directory)
-        mine = (
-            []
-            if manifest is None
-            else check_files(directory, manifest, sorted(manifest.files)[rank::world])
-        )
+        if manifest is None:
+            mine = unverifiable(directory, allow_unverified) if rank == 0 else []
+        else:
+            mine = check_files(directory, manifest, sorted(manifest.files)[rank::world])
     except ManifestError as err:
         mine = [str(err)] if rank == 0 else []
     gathered: list[list[str] | None] = [None] * world

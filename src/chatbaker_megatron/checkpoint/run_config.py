@@ -25,19 +25,39 @@ def model_config_from_dict(model: dict[str, Any], where: str) -> ModelConfig:
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
+def _training_directories(config: dict[str, Any], where: str) -> list[Path]:
+    """Where a relative data.root may be taken from: the current directory, and the
+    directory training ran in (the checkpoint's path less the run config's relative
+    run_dir, e.g. /work for /work/runs/demo/checkpoints/iter_0000010 and runs/demo)."""
+    found = [Path.cwd()]
+    run_dir = Path(str(config.get("run_dir") or ""))
+    if run_dir.parts and not run_dir.is_absolute():
+        checkpoint = Path(where).resolve()
+        for parent in checkpoint.parents:
+            if parent.parts[-len(run_dir.parts) :] == run_dir.parts:
+                found.append(Path(*parent.parts[: -len(run_dir.parts)]))
+                break
+    return found
+
+
 def run_tokenizer_dir(config: dict[str, Any], where: str) -> Path:
-    """The tokenizer directory a run config names (data.root + data.tokenizer)."""
+    """The tokenizer directory a run config names (data.root + data.tokenizer).
+
+    Runs store an absolute data.root; an older run's relative one is taken from the
+    current directory, then from the directory training ran in."""
     data = config.get("data") or {}
     if not data.get("tokenizer"):
         raise ValueError(f"{where}: the run config has no data.tokenizer; pass --tokenizer DIR")
-    path = Path(resolve_path(data.get("root") or ".", data["tokenizer"]))
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"{where}: the run's tokenizer {path} (data.root={data.get('root')!r}, "
-            f"data.tokenizer={data['tokenizer']!r}) is not there; relative paths are taken from "
-            "the current directory. Run from the training directory or pass --tokenizer DIR"
-        )
-    return path
+    relative = Path(resolve_path(data.get("root") or ".", data["tokenizer"]))
+    candidates = [base / relative for base in _training_directories(config, where)]
+    for path in candidates:
+        if path.is_dir():
+            return path
+    raise FileNotFoundError(
+        f"{where}: the run's tokenizer {relative} (data.root={data.get('root')!r}, "
+        f"data.tokenizer={data['tokenizer']!r}) is not in "
+        f"{' nor '.join(str(p.parent) for p in candidates)}: pass --tokenizer DIR"
+    )
 
 
 def run_chat_template(config: dict[str, Any]) -> str | None:

@@ -34,6 +34,7 @@ from chatbaker_megatron.checkpoint.disk import (
     most_telling,
     room_problem,
     save_failure,
+    state_bytes,
     take_worker_errors,
     worker_errors,
     worker_errors_to,
@@ -56,7 +57,8 @@ from chatbaker_megatron.checkpoint.manifest import (
     write_records,
 )
 from chatbaker_megatron.checkpoint.state import (
-    OPTIMIZER_FORMAT,
+    LEGACY_OPTIMIZER_FORMAT,
+    OPTIMIZER_FORMATS,
     ModelAndOptimizer,
     TrainState,
     common_state,
@@ -191,7 +193,8 @@ def write_checkpoint(
         # failed write; the coordinator's names the failed ranks.
         except (Exception, CheckpointException) as err:
             log.debug("checkpoint write failed", exc_info=True)
-            error = save_failure(tmp, err, _previous_bytes(root), logged)
+            needed = _previous_bytes(root) or state_bytes(sharded, dist.get_world_size())
+            error = save_failure(tmp, err, needed, logged)
     _complete(root, final, tmp, Manifest(iteration, finite), keep_last, error)
     return final
 
@@ -257,15 +260,24 @@ def start_background_write(
 
 
 def training_state(
-    parts: ModelAndOptimizer, state: TrainState, config: dict[str, Any]
+    parts: ModelAndOptimizer,
+    state: TrainState,
+    config: dict[str, Any],
+    optimizer_format: str = LEGACY_OPTIMIZER_FORMAT,
 ) -> dict[str, Any]:
-    """The sharded state dict of everything needed to resume this iteration bit-exactly."""
+    """The sharded state dict of everything needed to resume this iteration bit-exactly.
+
+    `optimizer_format`: one of `OPTIMIZER_FORMATS` (checkpoint.format / final_format).
+    """
     # A seed checkpoint (0 iterations) has an optimizer without state yet.
     materialize_optimizer_state(parts)
     sharded = model_state(parts.chunks)
-    sharded["optimizer"] = parts.optimizer.sharded_state_dict(sharded, metadata=OPTIMIZER_FORMAT)
+    sharded["optimizer"] = parts.optimizer.sharded_state_dict(
+        sharded, metadata=OPTIMIZER_FORMATS[optimizer_format]
+    )
     sharded["scheduler"] = parts.scheduler.state_dict()
     sharded |= common_state(config, state, optimizer_kind(parts))
+    sharded["optimizer_format"] = optimizer_format
     sharded["rng_state"] = rng_sharded_object()
     return sharded
 
@@ -277,13 +289,15 @@ def save_checkpoint(
     config: dict[str, Any],
     keep_last: int,
     finite: bool = True,
+    optimizer_format: str = LEGACY_OPTIMIZER_FORMAT,
 ) -> str:
-    """Everything needed to resume this iteration bit-exactly, at any TP/PP/DP.
+    """Everything needed to resume this iteration bit-exactly, at any TP/PP/DP
+    (`fully_reshardable`) or at any DP with the same TP/PP/VPP (`dp_reshardable`).
 
     `finite`: whether the step that led to this state had a finite loss and
     gradient norm. Collective: every rank must call it.
     """
-    sharded = training_state(parts, state, config)
+    sharded = training_state(parts, state, config, optimizer_format)
     final = write_checkpoint(root, state.iteration, sharded, keep_last, finite=finite)
     log.info("saved checkpoint %s%s", final, "" if finite else " (marked non-finite)")
     return final

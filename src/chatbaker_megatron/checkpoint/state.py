@@ -2,8 +2,9 @@
 
 Sharded (dist_checkpointing tensors and objects): `model0`, `model1`, ...
 (one bare GPTModel per virtual pipeline stage, every tensor under its
-global name, so it loads at any TP/PP/VPP), `optimizer` (megatron's
-`fully_reshardable` format) and `rng_state` (one object per rank position).
+global name, so it loads at any TP/PP/VPP), `optimizer` (in one of
+`OPTIMIZER_FORMATS`, named by the common `optimizer_format`) and `rng_state`
+(one object per rank position).
 
 Common (plain objects, readable in any process with `read_common`): the
 `config` of the run, `train_state`, the `topology` that wrote it and
@@ -25,14 +26,22 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from chatbaker_megatron import platform
 from chatbaker_megatron.model.sharding import unwrap
 
-# fully_reshardable: loads at any TP/PP/DP. mem_efficient: the distributed
-# optimizer gathers its state to DP rank 0 over gloo for the save instead of
-# all-gathering all of it to every rank (for 7B at TP2 that is ~42 GB of
-# host memory on every rank); loads stay per-rank either way.
-OPTIMIZER_FORMAT = {
-    "distrib_optim_sharding_type": "fully_reshardable",
-    "distrib_optim_fully_reshardable_mem_efficient": True,
+# How the distributed optimizer's state is written (megatron's sharding types;
+# checkpoint.format / checkpoint.final_format choose, checkpoint/sizes.py
+# measures them). dp_reshardable: each rank writes its own shard, no exchange;
+# loads at another DP size only (same TP/PP/VPP). fully_reshardable: loads at
+# any TP/PP/DP; mem_efficient: the state is gathered to DP rank 0 over gloo
+# for the save instead of all-gathered to every rank (for 7B at TP2 that is
+# ~42 GB of host memory on every rank). A local optimizer writes one format.
+OPTIMIZER_FORMATS: dict[str, dict[str, Any]] = {
+    "dp_reshardable": {"distrib_optim_sharding_type": "dp_reshardable"},
+    "fully_reshardable": {
+        "distrib_optim_sharding_type": "fully_reshardable",
+        "distrib_optim_fully_reshardable_mem_efficient": True,
+    },
 }
+# What a checkpoint written before the format was recorded holds.
+LEGACY_OPTIMIZER_FORMAT = "fully_reshardable"
 
 
 @dataclass
@@ -43,6 +52,8 @@ class TrainState:
     consumed_samples: int = 0
     consumed_valid_samples: int = 0
     skipped_steps: int = 0
+    # fp16 updates skipped by the dynamic loss scaler backing off (not faults).
+    skipped_overflows: int = 0
     # Loss-spike policy (training/health.py): updates skipped as spikes, and the
     # running mean of accepted losses with how many it has seen, so a resumed
     # run judges spikes as the uninterrupted one would.

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from chatbaker_megatron.config.checks import bounded
 
+# How the distributed optimizer's state is written (checkpoint/state.py
+# OPTIMIZER_FORMATS; the costs of each in docs/training.md).
+CHECKPOINT_FORMATS = ("dp_reshardable", "fully_reshardable")
+
 
 @dataclass
 class CheckpointConfig:
@@ -18,8 +22,17 @@ class CheckpointConfig:
     # When the checkpoint to resume fails verification against its manifest (a missing,
     # truncated or corrupted shard), resume from the previous complete one instead of stopping.
     fallback: bool = True
+    # Load (resume, train.init_from) a checkpoint that has no manifest.json, unchecked. Off:
+    # such a checkpoint fails verification (with fallback, it is set aside like a damaged one).
+    allow_unverified: bool = False
     save_on_exit: bool = True
     # Write the periodic checkpoints in the background (megatron's async save: a writer
     # process per rank) while training goes on; `latest` moves once every rank's files
     # are complete. Saves on exit, on a stop signal and on a halt are always synchronous.
     async_save: bool = False
+    # The distributed optimizer's format for periodic saves and saves on a stop signal or
+    # halt (dp_reshardable: every rank writes its own shard, no gather; resumes at the
+    # same TP/PP/VPP, any DP) and for the save when a run reaches its last iteration
+    # (fully_reshardable: loads at any layout; DP rank 0 gathers and writes it all).
+    format: str = "dp_reshardable"
+    final_format: str = "fully_reshardable"

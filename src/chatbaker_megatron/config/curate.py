@@ -29,6 +29,9 @@ class ReadConfig:
     on_bad_input: str = "skip"
     # Tried in order when a line is not UTF-8 (Korean legacy pages: cp949 = EUC-KR + UHC).
     fallback_encodings: list[str] = field(default_factory=lambda: ["cp949"])
+    # A compressed file that ends in the middle (truncated) or fails its checksum: false
+    # keeps none of it (the report names it); true keeps the documents before the damage.
+    keep_partial_files: bool = False
 
 
 @dataclass

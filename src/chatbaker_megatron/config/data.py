@@ -2,7 +2,8 @@
 
 One group describes both kinds of training data: a weighted blend of
 preprocessed indexed datasets for pretraining (`kind: pretrain`) and a
-preprocessed conversation set for supervised fine-tuning (`kind: sft`).
+preprocessed conversation set for supervised fine-tuning (`kind: sft`) and a
+preprocessed set of chosen/rejected pairs for preference tuning (`kind: preference`).
 Sequence length and seed are training settings and live in the `train` group.
 """
 
@@ -15,12 +16,13 @@ from typing import Any
 
 from chatbaker_megatron.config.checks import bounded, check_ranges
 
-DATA_KINDS = ("pretrain", "sft")
+DATA_KINDS = ("pretrain", "sft", "preference")
 CACHE_MODES = ("node_local", "shared")
 # The chat templates that ship with the package (data/templates.py defines
 # them; named here so that the config is checked without importing data).
 CHAT_TEMPLATES = ("chatbaker", "vicuna_v1.1")
 TEMPLATE_SUFFIXES = (".yaml", ".yml")
+CHAT_SET_NAMES = {"sft": "SFT", "preference": "preference"}
 
 
 @dataclass
@@ -59,6 +61,20 @@ class SFTConfig:
 
 
 @dataclass
+class PreferenceDataConfig:
+    """Preference tuning data (DPO/IPO/RPO): one preprocessed set of chosen/rejected pairs."""
+
+    # Prefix written by `chatbaker preprocess --format preference`; relative to `data.root`.
+    path: str = ""
+    # Chat template the set was preprocessed with (as data.sft.template).
+    template: str = "chatbaker"
+    # Fraction of pairs held out for validation (reward accuracy), chosen by the seed.
+    valid_fraction: float = bounded(0.1, ge=0, lt=1)
+    # Passes over the training pairs; each pass is reshuffled.
+    epochs: int = bounded(1, ge=1)
+
+
+@dataclass
 class DataConfig:
     """Training data: tokenizer, pretraining blend or SFT set, index cache."""
 
@@ -84,6 +100,7 @@ class DataConfig:
     # filesystem that every node sees.
     cache_mode: str = "node_local"
     sft: SFTConfig = field(default_factory=SFTConfig)
+    preference: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
 
 
 def resolve_path(root: str, path: str) -> str:
@@ -118,8 +135,10 @@ def validate_data_config(cfg: Any) -> None:
         _fail("cache_mode", cfg.cache_mode, f"one of {', '.join(CACHE_MODES)}")
     if cfg.kind == "pretrain":
         _validate_pretrain(cfg)
+    elif cfg.kind == "sft":
+        _validate_chat_set(cfg.sft, "sft")
     else:
-        _validate_sft(cfg.sft)
+        _validate_chat_set(cfg.preference, "preference")
 
 
 def _validate_pretrain(cfg: Any) -> None:
@@ -139,14 +158,20 @@ def _validate_pretrain(cfg: Any) -> None:
         _fail("split[0]", split[0], "> 0 (the train split cannot be empty)")
 
 
-def _validate_sft(sft: Any) -> None:
-    if not sft.path:
-        _fail("sft.path", sft.path, "a preprocessed SFT prefix for kind=sft")
-    template = Path(sft.template)
-    if sft.template not in CHAT_TEMPLATES and not (
+def _validate_chat_set(chat_set: Any, kind: str) -> None:
+    """data.sft or data.preference: a preprocessed prefix and a known chat template."""
+    if not chat_set.path:
+        _fail(
+            f"{kind}.path",
+            chat_set.path,
+            f"a preprocessed {CHAT_SET_NAMES[kind]} prefix for kind={kind}",
+        )
+    template = Path(chat_set.template)
+    if chat_set.template not in CHAT_TEMPLATES and not (
         template.suffix in TEMPLATE_SUFFIXES and template.is_file()
     ):
         raise ValueError(
-            f"data.sft.template={sft.template!r}: unknown chat template {sft.template!r}: "
+            f"data.{kind}.template={chat_set.template!r}: unknown chat template "
+            f"{chat_set.template!r}: "
             f"expected one of {', '.join(CHAT_TEMPLATES)} or a template .yaml file"
         )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from chatbaker_megatron.config.checks import bounded
 
 LR_DECAY_STYLES = ("cosine", "linear", "constant")
+RESUME_SCHEDULES = ("config", "checkpoint")  # optim.resume_schedule
 
 
 @dataclass
@@ -27,6 +28,10 @@ class OptimConfig:
     decay_style: str = "cosine"
     # Iterations over which lr decays to min_lr; null = the whole run.
     decay_iters: int | None = bounded(None, ge=1)
+    # On resume, whose LR/WD schedule and optimizer hyperparameters win when they differ:
+    # `config` (this run's optim.*, Megatron-LM's --override-opt_param-scheduler) or
+    # `checkpoint` (the saved ones, --use-checkpoint-opt_param-scheduler).
+    resume_schedule: str = "config"
     # fp16 only: the dynamic loss scale to start from (megatron's default;
     # it halves after overflowing steps, which are skipped).
     initial_loss_scale: float = bounded(2.0**32, ge=1)

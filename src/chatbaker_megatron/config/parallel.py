@@ -36,3 +36,35 @@ class ParallelConfig:
     # Overlap the DP grad reduce-scatter/all-reduce with backward (CUDA only;
     # null = on with CUDA, off on CPU where there are no streams to overlap on).
     overlap_grad_reduce: bool | None = None
+    # Overlap the distributed optimizer's param all-gather with the next forward
+    # (megatron's overlap_param_gather: needs distributed_optimizer and the grad
+    # reduce overlapped; null = on wherever those two are).
+    overlap_param_gather: bool | None = None
+
+    def overlaps(self, on_gpu: bool) -> Overlaps:
+        """The communication overlaps this layout runs with on GPUs (on_gpu) or CPUs."""
+        grad_reduce = (
+            (on_gpu or bool(self.overlap_param_gather))
+            if self.overlap_grad_reduce is None
+            else self.overlap_grad_reduce
+        )
+        possible = grad_reduce and self.distributed_optimizer
+        param_gather = possible if self.overlap_param_gather is None else self.overlap_param_gather
+        return Overlaps(grad_reduce=grad_reduce, param_gather=param_gather)
+
+
+@dataclass(frozen=True)
+class Overlaps:
+    """What megatron's DDP overlaps with compute (the one place this is decided)."""
+
+    grad_reduce: bool
+    param_gather: bool
+
+    def describe(self) -> str:
+        on = [name for name, used in (("grad reduce", self.grad_reduce),
+                                      ("param gather", self.param_gather)) if used]  # fmt: skip
+        return ", ".join(on) if on else "none"
+
+
+# Nothing overlapped: the CPU default, and what a bare `build_engine` call gets.
+NO_OVERLAPS = Overlaps(grad_reduce=False, param_gather=False)

@@ -18,16 +18,21 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from chatbaker_megatron.config.checkpoint import CheckpointConfig
+from chatbaker_megatron.config.checkpoint import CHECKPOINT_FORMATS, CheckpointConfig
 from chatbaker_megatron.config.checks import ConfigError, check_known_keys, check_ranges
 from chatbaker_megatron.config.cluster import PRECISIONS, ClusterConfig
 from chatbaker_megatron.config.data import DataConfig, validate_data_config
 from chatbaker_megatron.config.launch import LaunchConfig
 from chatbaker_megatron.config.logging import LoggingConfig
 from chatbaker_megatron.config.model import KERNEL_BACKENDS, ModelConfig
-from chatbaker_megatron.config.optim import LR_DECAY_STYLES, OptimConfig
+from chatbaker_megatron.config.optim import LR_DECAY_STYLES, RESUME_SCHEDULES, OptimConfig
 from chatbaker_megatron.config.parallel import RECOMPUTE_MODES, ParallelConfig
-from chatbaker_megatron.config.train import NAN_POLICIES, SPIKE_POLICIES, TrainConfig
+from chatbaker_megatron.config.train import (
+    NAN_POLICIES,
+    PREFERENCE_LOSSES,
+    SPIKE_POLICIES,
+    TrainConfig,
+)
 
 
 @dataclass
@@ -78,6 +83,12 @@ def validate(cfg: Any, world_size: int | None = None) -> None:
     check_ranges(cfg)
     model, par, cluster, train, optim = cfg.model, cfg.parallel, cfg.cluster, cfg.train, cfg.optim
     world = cluster.nodes * cluster.devices_per_node if world_size is None else world_size
+    _require(
+        bool(str(cfg.run_dir).strip()),
+        "run_dir",
+        cfg.run_dir,
+        "a directory (empty would train into the current directory)",
+    )
 
     _require(
         model.hidden_size % model.num_attention_heads == 0,
@@ -130,6 +141,19 @@ def validate(cfg: Any, world_size: int | None = None) -> None:
     )
     if par.vpp is not None:
         _require(par.pp > 1, "parallel.vpp", par.vpp, "virtual stages need parallel.pp > 1")
+    if par.overlap_param_gather:
+        _require(
+            par.distributed_optimizer,
+            "parallel.overlap_param_gather",
+            True,
+            "needs parallel.distributed_optimizer=true (it overlaps that optimizer's all-gather)",
+        )
+        _require(
+            par.overlap_grad_reduce is not False,
+            "parallel.overlap_param_gather",
+            True,
+            "needs parallel.overlap_grad_reduce (megatron overlaps both or only the reduce)",
+        )
     stages = par.pp * (par.vpp or 1)
     _require(
         model.num_layers % stages == 0,
@@ -173,7 +197,10 @@ def validate(cfg: Any, world_size: int | None = None) -> None:
         f"set exactly one of train.train_iters and train.train_tokens (train_tokens={train.train_tokens})",
     )
     _one_of("train.nan_policy", train.nan_policy, NAN_POLICIES)
+    _one_of("checkpoint.format", cfg.checkpoint.format, CHECKPOINT_FORMATS)
+    _one_of("checkpoint.final_format", cfg.checkpoint.final_format, CHECKPOINT_FORMATS)
     _one_of("train.spike_policy", train.spike_policy, SPIKE_POLICIES)
+    _one_of("train.preference.loss", train.preference.loss, PREFERENCE_LOSSES)
     _require(
         train.fault_injection.rank < world,
         "train.fault_injection.rank",
@@ -188,6 +215,7 @@ def validate(cfg: Any, world_size: int | None = None) -> None:
         f"expected <= optim.lr={optim.lr}",
     )
     _one_of("optim.decay_style", optim.decay_style, LR_DECAY_STYLES)
+    _one_of("optim.resume_schedule", optim.resume_schedule, RESUME_SCHEDULES)
     _require(
         optim.warmup_ratio is None or optim.warmup_iters is None,
         "optim.warmup_ratio",

@@ -9,6 +9,9 @@ from chatbaker_megatron.config.checks import bounded
 NAN_POLICIES = ("skip", "halt")
 # A loss spike (loss > train.spike_factor x its running mean): `skip` the update, or `off`.
 SPIKE_POLICIES = ("skip", "off")
+# Preference losses (training/preference_loss.py): DPO's sigmoid, IPO's squared
+# loss, RPO = DPO + rpo_alpha x the NLL of the chosen reply.
+PREFERENCE_LOSSES = ("dpo", "ipo", "rpo")
 
 
 @dataclass
@@ -21,6 +24,19 @@ class FaultInjectionConfig:
     # at iteration spike_at_iteration (a loss spike); null = never.
     spike_at_iteration: int | None = bounded(None, ge=1)
     spike_scale: float = bounded(10.0, gt=0)
+
+
+@dataclass
+class PreferenceLossConfig:
+    """Preference tuning (data.kind=preference): the loss against the frozen reference model."""
+
+    loss: str = "dpo"  # one of PREFERENCE_LOSSES
+    # DPO/RPO: the KL strength beta; IPO: its tau (the target margin is 1 / (2 beta)).
+    beta: float = bounded(0.1, gt=0)
+    # Conservative DPO: the fraction of pairs assumed mislabelled (dpo and rpo).
+    label_smoothing: float = bounded(0.0, ge=0, lt=0.5)
+    # RPO: weight of the chosen reply's per-token NLL (averaged over the global batch).
+    rpo_alpha: float = bounded(1.0, ge=0)
 
 
 @dataclass
@@ -64,3 +80,5 @@ class TrainConfig:
     spike_warmup_iters: int = bounded(20, ge=1)
     # Faults on purpose, for tests and drills; off by default.
     fault_injection: FaultInjectionConfig = field(default_factory=FaultInjectionConfig)
+    # Used with data.kind=preference (conf/train/dpo.yaml).
+    preference: PreferenceLossConfig = field(default_factory=PreferenceLossConfig)

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
+from chatbaker_megatron.checkpoint.layout import CheckpointError
 from chatbaker_megatron.checkpoint.reader import MegatronCheckpoint
 from chatbaker_megatron.checkpoint.run_config import run_chat_template, run_tokenizer_dir
 from chatbaker_megatron.convert.hf_config import (
@@ -153,15 +155,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = export_hf(
-        args.checkpoint,
-        args.output,
-        tokenizer_dir=args.tokenizer,
-        dtype=args.dtype,
-        max_shard_size=args.max_shard_size,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
+    try:
+        result = export_hf(
+            args.checkpoint,
+            args.output,
+            tokenizer_dir=args.tokenizer,
+            dtype=args.dtype,
+            max_shard_size=args.max_shard_size,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+    except (CheckpointError, FileNotFoundError) as err:
+        # A missing, damaged or unverifiable checkpoint: its one line, no traceback.
+        print(f"chatbaker export-hf: error: {err}", file=sys.stderr)
+        return 1
     size = result.total_bytes / 2**20
     print(
         f"exported {result.checkpoint} -> {result.output} "

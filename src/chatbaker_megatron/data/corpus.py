@@ -7,11 +7,13 @@ non-UTF-8 line is reported where it is instead of failing the whole file.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 ON_ERROR_CHOICES = ("fail", "skip")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # How many bad records a summary quotes in full (the rest are counted).
 EXAMPLES_SHOWN = 5
 
@@ -26,6 +28,15 @@ class BadRecord(ValueError):
 
 class BadInputError(ValueError):
     """Raised in `fail` mode: names the file, line and what was wrong."""
+
+
+def lone_surrogate(text: str) -> str | None:
+    """Where `text` holds a lone surrogate (JSON's \\ud800 escapes decode to one; it is not
+    Unicode text and no tokenizer takes it), else None."""
+    found = None if text.isascii() else _SURROGATE.search(text)
+    if found is None:
+        return None
+    return f"lone surrogate U+{ord(found.group()):04X} at character {found.start()}"
 
 
 def decode_json_line(raw: bytes) -> object:
@@ -56,6 +67,9 @@ def text_field(record: object, key: str) -> str:
         raise BadRecord("not-a-string", f"{key!r} is {type(value).__name__}, expected a string")
     if not value.strip():
         raise BadRecord("empty", f"{key!r} is empty")
+    surrogate = lone_surrogate(value)
+    if surrogate:
+        raise BadRecord("invalid-unicode", f"{key!r} has a {surrogate}")
     return value
 
 
@@ -123,23 +137,39 @@ def iter_documents(paths: list[str], json_key: str, tally: ErrorTally) -> Iterat
 
 @dataclass(frozen=True)
 class LineChunk:
-    """Consecutive raw lines of one file; `first_line` is the 1-based number of lines[0]."""
+    """Consecutive raw lines of one file; `first_line` is the 1-based number of lines[0], 0 when
+    unknown (a byte range that starts inside the file), `first_byte` its offset in the file."""
 
     path: str
     first_line: int
     lines: list[bytes]
+    first_byte: int = 0
+
+    def location(self, index: int) -> str:
+        """Where lines[index] is: FILE:LINE, or FILE:byte OFFSET when line numbers are unknown."""
+        if self.first_line:
+            return f"{self.path}:{self.first_line + index}"
+        return f"{self.path}:byte {self.first_byte + sum(map(len, self.lines[:index]))}"
 
 
-def iter_line_chunks(path: str, chunk_bytes: int) -> Iterator[LineChunk]:
-    """Split a file into chunks of whole lines of about `chunk_bytes` each (streaming)."""
+def iter_line_chunks(
+    path: str, chunk_bytes: int, start: int = 0, end: int | None = None
+) -> Iterator[LineChunk]:
+    """Split a file, or its bytes [start, end) (whole lines: both at line starts), into chunks of
+    whole lines of about `chunk_bytes` each (streaming)."""
     with open(path, "rb") as f:
+        f.seek(start)
         lines: list[bytes] = []
-        size, first = 0, 1
+        size, first, first_byte, position = 0, int(start == 0), start, start
         for number, raw in enumerate(f, start=1):
+            if end is not None and position >= end:
+                break
             lines.append(raw)
             size += len(raw)
+            position += len(raw)
             if size >= chunk_bytes:
-                yield LineChunk(path, first, lines)
-                lines, size, first = [], 0, number + 1
+                yield LineChunk(path, first, lines, first_byte)
+                lines, size, first_byte = [], 0, position
+                first = number + 1 if first else 0
         if lines:
-            yield LineChunk(path, first, lines)
+            yield LineChunk(path, first, lines, first_byte)

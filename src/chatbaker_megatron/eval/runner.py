@@ -47,7 +47,6 @@ def run_lm_eval(
     seed: int = 1234,
 ) -> tuple[list[TaskResult], dict[str, Any]]:
     """Zero-shot lm-eval on the folder; returns per-task results and lm-eval's config record."""
-    from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
     from chatbaker_megatron import platform
@@ -61,6 +60,15 @@ def run_lm_eval(
     # lm-eval logs every request batch at INFO.
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     model = HFLM(pretrained=str(hf_dir), dtype="float32", batch_size=batch_size, device=device)
+    return evaluate(model, tasks, limit=limit, seed=seed)
+
+
+def evaluate(
+    model: Any, tasks: list[TaskSpec], *, limit: int | None, seed: int
+) -> tuple[list[TaskResult], dict[str, Any]]:
+    """Zero-shot lm-eval of any lm-eval model (HFLM, or local-completions against a server)."""
+    from lm_eval import simple_evaluate
+
     output = simple_evaluate(
         model=model,
         tasks=[spec.config for spec in tasks],

@@ -14,6 +14,7 @@ aligns the causal mask to the end (model/dispatch.py).
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +22,20 @@ import torch
 
 from chatbaker_megatron.data.templates import ChatTemplate, load_template, read_template
 from chatbaker_megatron.data.tokenizer.load import ChatBakerTokenizer, load_tokenizer
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The keyword the model's forward takes its KV cache by: `cache` (transformers 5.x
+    from 5.2x) or `past_key_values` (earlier). A cache passed under the other name would
+    land in **kwargs and be ignored, and every token would be decoded without context."""
+    parameters = inspect.signature(type(model).forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in parameters:
+            return name
+    raise TypeError(
+        f"{type(model).__name__}.forward takes neither `cache` nor `past_key_values`: "
+        "this transformers version is not supported"
+    )
 
 
 class Backend(Protocol):
@@ -86,6 +101,7 @@ class HFBackend:
         self.max_length = int(self.model.config.max_position_embeddings)
         self.template = read_template(hf_dir)
         self._cache = None
+        self._cache_keyword = cache_keyword(self.model)
 
     @torch.no_grad()
     def forward(self, ids: list[int], start: int) -> torch.Tensor:
@@ -102,7 +118,10 @@ class HFBackend:
         tokens = torch.tensor([ids], dtype=torch.long, device=self.device)
         positions = torch.arange(start, end, device=self.device)[None]
         out = self.model(
-            input_ids=tokens, position_ids=positions, past_key_values=self._cache, use_cache=True
+            input_ids=tokens,
+            position_ids=positions,
+            use_cache=True,
+            **{self._cache_keyword: self._cache},
         )
         return out.logits[0, -1]
 

@@ -5,8 +5,12 @@ filter is anything with `check(text) -> reason | None`; `--input-filter`
 names one, and none runs by default:
 
     blocklist:PATH         the offline default kind: PATH lists terms, one per
-                           line (# comments); an input containing one
-                           (case- and width-insensitive) is refused
+                           line (# comments); an input containing one is
+                           refused, compared after NFKC, case folding and
+                           with every space and invisible format character
+                           (zero-width space, joiners, soft hyphen, BOM)
+                           removed, so "폭\u200b탄" and "폭 탄" match "폭탄";
+                           the refusal does not repeat the term
     package.module:name    a factory `name()` returning an InputFilter, e.g.
                            a client of a moderation service
 """
@@ -27,8 +31,11 @@ class InputFilter(Protocol):
 
 
 def _normalize(text: str) -> str:
-    # NFKC folds full-width and compatibility forms (Ｂａｄ -> Bad) before case folding.
-    return unicodedata.normalize("NFKC", text).casefold()
+    # NFKC folds full-width and compatibility forms (Ｂａｄ -> Bad) before case folding;
+    # spaces and format characters (category Cf: zero-width space and joiners, soft
+    # hyphen, BOM, bidi marks) inside a term must not hide it.
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(ch for ch in folded if not ch.isspace() and unicodedata.category(ch) != "Cf")
 
 
 @dataclass(frozen=True)
@@ -50,9 +57,9 @@ class BlocklistFilter:
 
     def check(self, text: str) -> str | None:
         normalized = _normalize(text)
-        for term in self.terms:
-            if term in normalized:
-                return f"the input contains the blocked term {term!r}"
+        if any(term in normalized for term in self.terms):
+            # The term is not repeated: the refusal must not teach what to misspell.
+            return "the input contains a term on the server's blocklist"
         return None
 
 

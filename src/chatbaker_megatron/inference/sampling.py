@@ -1,7 +1,9 @@
 """Next-token choice from logits, shared by every backend (megatron checkpoint, HF folder).
 
-Order, as in transformers' logits processors: repetition penalty, then
-greedy argmax or temperature -> top-k -> top-p -> a draw from the rest.
+Order: OpenAI's logit bias and presence/frequency penalties (on the tokens
+generated so far), then, as in transformers' logits processors, the
+repetition penalty, then greedy argmax or temperature -> top-k -> top-p -> a
+draw from the rest.
 Everything works on a batch of rows [rows, vocab], each with its own
 settings (the server samples all its running requests at once); the
 one-at-a-time Generator samples a batch of one with the same code.
@@ -25,6 +27,12 @@ class SamplingConfig:
     repetition_penalty: float = 1.0
     max_new_tokens: int = 128
     seed: int | None = None
+    # OpenAI's penalties: minus count * frequency_penalty, minus presence_penalty once, for
+    # every token already generated (the prompt not counted); 0 = off.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # OpenAI's logit_bias: (token id, bias added to its logit) pairs.
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         checks = (
@@ -33,6 +41,8 @@ class SamplingConfig:
             ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
             ("repetition_penalty", self.repetition_penalty > 0, "> 0"),
             ("max_new_tokens", self.max_new_tokens >= 1, ">= 1"),
+            ("presence_penalty", -2 <= self.presence_penalty <= 2, "in [-2, 2]"),
+            ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "in [-2, 2]"),
         )
         for key, ok, expected in checks:
             if not ok:
@@ -59,6 +69,34 @@ def apply_repetition_penalty(
     seen[seen_rows, seen_tokens] = True
     penalty = torch.tensor(penalties, dtype=logits.dtype, device=logits.device)[:, None]
     return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
+def apply_openai_adjustments(
+    logits: torch.Tensor,
+    generated: Sequence[Sequence[int]],
+    configs: Sequence[SamplingConfig],
+) -> torch.Tensor:
+    """Per row of logits [rows, vocab]: add its logit_bias, subtract its presence and
+    frequency penalties for the tokens it generated (OpenAI's formula)."""
+    rows = [
+        r
+        for r, c in enumerate(configs)
+        if c.logit_bias or (generated[r] and (c.presence_penalty or c.frequency_penalty))
+    ]
+    if not rows:
+        return logits
+    logits = logits.clone()
+    for r in rows:
+        config = configs[r]
+        for token, bias in config.logit_bias:
+            logits[r, token] += bias
+        if generated[r] and (config.presence_penalty or config.frequency_penalty):
+            counts = torch.bincount(
+                torch.tensor(generated[r], dtype=torch.long), minlength=logits.shape[-1]
+            ).to(logits.dtype)
+            logits[r] -= counts * config.frequency_penalty
+            logits[r] -= (counts > 0).to(logits.dtype) * config.presence_penalty
+    return logits
 
 
 def filter_top_k(logits: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
@@ -93,9 +131,11 @@ def next_tokens(
     contexts: Sequence[Sequence[int]],
     configs: Sequence[SamplingConfig],
     generators: Sequence[torch.Generator | None],
+    generated: Sequence[Sequence[int]] | None = None,
 ) -> list[int]:
     """The next token of every row of logits [rows, vocab], row r with its own context,
-    settings and generator.
+    settings and generator (`generated`: the tail of each context the model wrote,
+    for the presence/frequency penalties; default none).
 
     A row's token does not depend on the other rows (tested), so a seeded request
     gets the same reply alone or batched. Every operation works row by row, and
@@ -107,6 +147,9 @@ def next_tokens(
     device, so a seeded draw is the same for every backend.
     """
     logits = logits.float().cpu()
+    if generated is None:
+        generated = [()] * len(configs)
+    logits = apply_openai_adjustments(logits, generated, configs)
     logits = apply_repetition_penalty(logits, contexts, [c.repetition_penalty for c in configs])
     greedy = [c.greedy for c in configs]
     if all(greedy):

@@ -24,8 +24,10 @@ Functional contracts (every backend except `te` implements exactly these;
             across sequence boundaries.
   hq must be a multiple of hkv (GQA).
 
-Availability checks only look for installed modules (`importlib.util.find_spec`)
-and CUDA; a backend's libraries are imported the first time its op is used.
+Availability is decided once per process, on CUDA only: a backend's library
+must import (an installed Transformer Engine or flash-attn whose CUDA
+libraries do not load counts as absent, with a warning naming the error),
+and the run's dtype must be one the backend takes (flash-attn: fp16/bf16).
 """
 
 from __future__ import annotations
@@ -186,9 +188,22 @@ def _flash_attention() -> AttentionFn:
 # ---- availability: cheap checks, nothing imported ----
 
 
+@functools.cache
 def _installed(module: str) -> bool:
-    """Whether a top-level module can be imported, without importing it."""
-    return importlib.util.find_spec(module) is not None
+    """Whether `module` imports here. Imported, not only looked up: a GPU image's
+    Transformer Engine or flash-attn built against another CUDA or torch is found
+    by `find_spec` and then fails inside megatron's first layer."""
+    if importlib.util.find_spec(module) is None:
+        return False
+    try:
+        importlib.import_module(module)
+    except Exception as error:  # a broken build raises ImportError, OSError, RuntimeError...
+        log.warning(
+            "%s is installed but does not import (%s: %s); its kernels are not used",
+            module, type(error).__name__, error,
+        )  # fmt: skip
+        return False
+    return True
 
 
 def _cuda() -> bool:
@@ -215,6 +230,11 @@ class Backend:
     requires: str  # what `available` checks, for the error message
     # The functional op; None for `te`, which runs as megatron's TE modules.
     load: Callable[[], Callable[..., torch.Tensor]] | None
+    # The dtypes it computes in; None: any.
+    dtypes: tuple[torch.dtype, ...] | None = None
+
+    def takes(self, dtype: torch.dtype) -> bool:
+        return self.dtypes is None or dtype in self.dtypes
 
 
 _TE = Backend(
@@ -248,6 +268,7 @@ ATTENTION_BACKENDS: dict[str, Backend] = {
         lambda: _cuda() and _installed("flash_attn"),
         "CUDA and flash-attn 2 (pip install flash-attn); fp16/bf16 inputs only",
         _flash_attention,
+        dtypes=(torch.float16, torch.bfloat16),
     ),
     "triton": Backend(_triton_runs_here, _TRITON_NEEDS, _triton_attention),
     "torch": Backend(lambda: True, "nothing", _torch_attention),
@@ -270,31 +291,59 @@ def _backend(op: str, name: str) -> Backend:
     return table[name]
 
 
-def _resolve(op: str, requested: str) -> str:
+def _resolve(op: str, requested: str, dtype: torch.dtype) -> str:
     if requested == "auto":
         if not _cuda():
             return "torch"
-        return next(name for name, backend in _TABLES[op].items() if backend.available())
+        return next(
+            name
+            for name, backend in _TABLES[op].items()
+            if backend.takes(dtype) and backend.available()
+        )
     backend = _backend(op, requested)
     if not backend.available():
         raise KernelBackendError(
             f"model.kernels.{op}={requested!r} is not available on this machine: "
             f"it needs {backend.requires}"
         )
+    if not backend.takes(dtype):
+        raise KernelBackendError(
+            f"model.kernels.{op}={requested!r} does not compute in {dtype} (this run's "
+            f"cluster.precision); it takes {', '.join(map(str, backend.dtypes or ()))}"
+        )
     return requested
 
 
-def resolve_kernels(cfg: KernelsConfig) -> ResolvedKernels:
-    """Validate the configured backends and pick concrete ones for `auto`."""
+def resolve_kernels(cfg: KernelsConfig, dtype: torch.dtype = torch.float32) -> ResolvedKernels:
+    """Validate the configured backends and pick concrete ones for `auto`, for a model
+    computing in `dtype`."""
     resolved = ResolvedKernels(
-        attention=_resolve("attention", cfg.attention),
-        norm=_resolve("norm", cfg.norm),
+        attention=_resolve("attention", cfg.attention, dtype),
+        norm=_resolve("norm", cfg.norm, dtype),
     )
     log.info(
-        "kernels: attention=%s (configured %s), norm=%s (configured %s)",
-        resolved.attention, cfg.attention, resolved.norm, cfg.norm,
+        "kernels: attention=%s (configured %s), norm=%s (configured %s), %s",
+        resolved.attention, cfg.attention, resolved.norm, cfg.norm, dtype,
     )  # fmt: skip
     return resolved
+
+
+def fused_ops() -> dict[str, bool]:
+    """megatron's fused elementwise ops and wgrad accumulation, where they run.
+
+    On CUDA: the bias+SwiGLU fusion (TorchScript); the RoPE fusion, which is
+    Transformer Engine's kernel; gradient accumulation fusion (the wgrad GEMM
+    adds into the fp32 main grad), which megatron's local linear layers (the
+    ones this model uses) take from apex's fused_weight_gradient_mlp_cuda.
+    Off on CPU: the jit compile costs more than it saves, and plain ops keep
+    the CPU and reference numerics identical.
+    """
+    cuda = _cuda()
+    return {
+        "bias_activation_fusion": cuda,
+        "apply_rope_fusion": cuda and _installed("transformer_engine"),
+        "gradient_accumulation_fusion": cuda and _installed("fused_weight_gradient_mlp_cuda"),
+    }
 
 
 def check_backend(op: str, backend: str) -> None:
@@ -321,9 +370,9 @@ def kv_cache_kernels(dtype: torch.dtype) -> KernelsConfig:
     its own future), and the Triton kernel assumes equal lengths. flash-attn
     takes only fp16/bf16.
     """
-    half = dtype in (torch.float16, torch.bfloat16)
-    flash = half and ATTENTION_BACKENDS["flash"].available()
-    return KernelsConfig(attention="flash" if flash else "torch", norm="auto")
+    flash = ATTENTION_BACKENDS["flash"]
+    usable = flash.takes(dtype) and flash.available()
+    return KernelsConfig(attention="flash" if usable else "torch", norm="auto")
 
 
 def norm_fn(backend: str) -> NormFn:

@@ -45,7 +45,10 @@ def transformer_config(
             "recompute_num_layers": parallel.recompute_num_layers,
         },
     }[parallel.recompute]
-    return TransformerConfig(
+    # One dict, updated by the machine's settings: megatron's defaults here, then
+    # the fused ops (model/dispatch.py) and the platform's rules, without a
+    # keyword given twice.
+    settings = dict(
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
         num_attention_heads=model.num_attention_heads,
@@ -71,18 +74,16 @@ def transformer_config(
         bf16=params_dtype == torch.bfloat16,
         fp16=params_dtype == torch.float16,
         use_cpu_initialization=True,
-        # Fused elementwise ops: off here, switched on for CUDA by
-        # platform.megatron_config_overrides().
-        bias_activation_fusion=False,
+        # Dropout is off and the norm is ours: these fusions have nothing to fuse.
         bias_dropout_fusion=False,
         masked_softmax_fusion=False,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
         persist_layer_norm=False,
         deallocate_pipeline_outputs=True,
         **recompute,
-        **platform.megatron_config_overrides(),
     )
+    settings.update(dispatch.fused_ops())
+    settings.update(platform.megatron_config_overrides())
+    return TransformerConfig(**settings)
 
 
 def build_model(
@@ -101,7 +102,7 @@ def build_model(
     initialised (see chatbaker_megatron.parallel).
     """
     model.check_vocab_size(vocab_size)
-    kernels = kernels or dispatch.resolve_kernels(model.kernels)
+    kernels = kernels or dispatch.resolve_kernels(model.kernels, params_dtype)
     config = transformer_config(model, parallel, params_dtype=params_dtype)
     padded = padded_vocab_size(vocab_size, model.make_vocab_size_divisible_by, parallel.tp)
     chunks = []

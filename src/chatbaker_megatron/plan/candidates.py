@@ -9,10 +9,11 @@ the planner never proposes a config that `chatbaker train` would refuse.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from chatbaker_megatron.config.parallel import RECOMPUTE_MODES, ParallelConfig
+from chatbaker_megatron.config.parallel import RECOMPUTE_MODES, Overlaps, ParallelConfig
 from chatbaker_megatron.config.schema import ConfigError, RunConfig, validate
 from chatbaker_megatron.model import sizes
 from chatbaker_megatron.plan.assumptions import Assumptions
@@ -37,10 +38,15 @@ class Candidate:
     hfu: float  # hardware FLOPs (recompute included) / peak
     days: float  # to train the workload's token budget
     configured: bool  # the layout the run's config asks for
+    cuda: bool  # the run's devices are GPUs (the overlaps' defaults)
 
     @property
     def fits(self) -> bool:
         return self.memory.total <= self.memory_limit
+
+    @property
+    def overlaps(self) -> Overlaps:
+        return self.parallel.overlaps(on_gpu=self.cuda)
 
     def knobs(self) -> dict[str, object]:
         return {knob: getattr(self.parallel, knob) for knob in KNOBS}
@@ -92,30 +98,33 @@ def layouts(cfg: RunConfig) -> Iterator[ParallelConfig]:
             per_dp = cfg.train.global_batch_size // dp
             vpps = [None] + [v for v in _divisors(model.num_layers // pp) if v > 1 and pp > 1]
             micro = [b for b in _divisors(per_dp) if b & (b - 1) == 0] if per_dp else []
-            for sp in (False, True) if tp > 1 else (False,):
-                for vpp in vpps:
-                    for mbs in micro:
-                        for recompute in RECOMPUTE_MODES:
-                            for dist_opt in (False, True) if dp > 1 else (False,):
-                                par = dataclasses.replace(
-                                    base,
-                                    tp=tp,
-                                    sp=sp,
-                                    pp=pp,
-                                    vpp=vpp,
-                                    dp=dp,
-                                    micro_batch_size=mbs,
-                                    recompute=recompute,
-                                    recompute_num_layers=1,
-                                    distributed_optimizer=dist_opt,
-                                )
-                                try:
-                                    validate(dataclasses.replace(cfg, parallel=par), world)
-                                except ConfigError as err:
-                                    first_error = first_error or err
-                                    continue
-                                found = True
-                                yield par
+            knobs = itertools.product(
+                (False, True) if tp > 1 else (False,),  # sp
+                vpps,
+                micro,
+                RECOMPUTE_MODES,
+                (False, True) if dp > 1 else (False,),  # distributed optimizer
+            )
+            for sp, vpp, mbs, recompute, dist_opt in knobs:
+                par = dataclasses.replace(
+                    base,
+                    tp=tp,
+                    sp=sp,
+                    pp=pp,
+                    vpp=vpp,
+                    dp=dp,
+                    micro_batch_size=mbs,
+                    recompute=recompute,
+                    recompute_num_layers=1,
+                    distributed_optimizer=dist_opt,
+                )
+                try:
+                    validate(dataclasses.replace(cfg, parallel=par), world)
+                except ConfigError as err:
+                    first_error = first_error or err
+                    continue
+                found = True
+                yield par
     if not found:
         raise ConfigError(f"no valid parallel layout for this run: {first_error}")
 
@@ -148,6 +157,7 @@ def evaluate(cfg: RunConfig, par: ParallelConfig, work: Workload, assume: Assump
         hfu=hardware_flops * tokens_per_s / peak,
         days=work.train_tokens / tokens_per_s / 86400,
         configured=_same_layout(par, cfg.parallel),
+        cuda=work.cuda,
     )
 
 

@@ -165,8 +165,7 @@ def ddp_bucket_size(
     first chunk of pipeline rank 0 (training/engine.py's disable_bucketing
     and DDP's own rule for later pipeline ranks).
     """
-    overlap = work.cuda if par.overlap_grad_reduce is None else par.overlap_grad_reduce
-    if not overlap or chunk > 0 or rank > 0:
+    if not par.overlaps(on_gpu=work.cuda).grad_reduce or chunk > 0 or rank > 0:
         return None
     return max(40_000_000, 1_000_000 * dp)
 

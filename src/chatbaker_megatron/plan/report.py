@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any
 
@@ -13,6 +14,7 @@ from chatbaker_megatron.model import sizes
 from chatbaker_megatron.plan.assumptions import Assumptions
 from chatbaker_megatron.plan.candidates import KNOBS, Candidate
 from chatbaker_megatron.plan.memory import GIB
+from chatbaker_megatron.plan.reference import reference_model_line
 from chatbaker_megatron.plan.workload import Workload
 
 
@@ -45,6 +47,7 @@ def candidate_dict(candidate: Candidate, base: list[str]) -> dict[str, Any]:
             "params": candidate.memory.params,
         },
         "step_seconds": candidate.time.parts(),
+        "overlaps": dataclasses.asdict(candidate.overlaps),
         "tokens_per_s": candidate.tokens_per_s,
         "mfu": candidate.mfu,
         "hfu": candidate.hfu,
@@ -208,6 +211,7 @@ def render(
     best = fitting[0]
     mem, t = best.memory, best.time
     console.print("[bold]chosen[/]: " + " ".join(overrides(best, base)))
+    console.print(f"overlapped with compute: {best.overlaps.describe()}")
     console.print(
         f"memory (pipeline rank {mem.pipeline_rank}, GiB): weights {_gib(mem.weights)}, "
         f"grads {_gib(mem.grads)}, optimizer {_gib(mem.optimizer)}, activations "
@@ -221,6 +225,9 @@ def render(
         f"{best.tokens_per_s / 1e6:.2f}M tokens/s, MFU {best.mfu:.1%} (HFU {best.hfu:.1%}), "
         f"{best.days:.1f} days"
     )
+    if cfg.data.kind == "preference":
+        epochs = cfg.data.preference.epochs
+        console.print(reference_model_line(mem.weights, best.days, epochs))
     console.print("why not otherwise:")
     for line in _alternatives(best, fitting):
         console.print(f"  {line}")

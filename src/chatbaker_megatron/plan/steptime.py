@@ -16,8 +16,10 @@ micro-batch time, and interleaved 1F1B adds a bubble of (p-1)/v of it, i.e.
 After the last backward: the DP gradient reduction, of which the part longer
 than one micro-batch's backward, and at least the last bucket, is exposed when
 megatron overlaps it (overlap_grad_reduce, on with CUDA); the distributed optimizer's weight
-all-gather (not overlapped: the engine does not enable overlap_param_gather);
-and the memory-bound optimizer update.
+all-gather, of which the part longer than the next step's first forward, and at
+least the first bucket, is exposed when overlapped (overlap_param_gather, on with
+the distributed optimizer and the grad reduce overlapped); and the memory-bound
+optimizer update.
 """
 
 from __future__ import annotations
@@ -137,13 +139,18 @@ def _rank_time(
     grad_ops = {op: n for op, n in volume.items() if op != "all_gather"}
     grad_reduce = collective_seconds(grad_ops, dp, dp_bw)
     local = rank_params(work, par, rank)
-    if par.overlap_grad_reduce is not False:
+    overlaps = par.overlaps(on_gpu=work.cuda)
+    # megatron's bucket size: max(40M, 1M * DP) parameters.
+    bucket = min(1.0, max(40e6, 1e6 * dp) / local)
+    if overlaps.grad_reduce:
         # Bucket reductions overlap the backward of the last micro-batch (2/3 of
-        # its compute without recompute); the last bucket (megatron's default
-        # size: max(40M, 1M * DP) parameters) can only start when it ends.
-        last_bucket = min(1.0, max(40e6, 1e6 * dp) / local)
-        grad_reduce = max(grad_reduce - compute * 2 / 3, grad_reduce * last_bucket)
+        # its compute without recompute); the last bucket can only start when it ends.
+        grad_reduce = max(grad_reduce - compute * 2 / 3, grad_reduce * bucket)
     param_gather = collective_seconds({"all_gather": volume.get("all_gather", 0)}, dp, dp_bw)
+    if overlaps.param_gather:
+        # Bucket all-gathers overlap the first micro-batch's forward (1/3 of its
+        # compute); the first bucket is needed before the first layer runs.
+        param_gather = max(param_gather - compute / 3, param_gather * bucket)
 
     if par.distributed_optimizer:
         local = -(-local // dp)

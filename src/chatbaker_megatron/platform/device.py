@@ -16,7 +16,6 @@ object exchanges.
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import os
 import time
 from dataclasses import dataclass
@@ -182,23 +181,13 @@ def detect() -> Platform:
 
 
 def megatron_config_overrides() -> dict[str, Any]:
-    """TransformerConfig settings that depend on this machine.
+    """TransformerConfig settings that depend on the communication backend.
 
     CPU (gloo): gloo matches point-to-point messages between two ranks
     strictly in posting order, and megatron's batched p2p posts [send_prev,
     recv_prev, send_next, recv_next] on every rank: with two pipeline ranks
     (prev == next) an activation and a gradient then cross. The unbatched
     path orders sends and receives by rank parity, which gloo matches.
-
-    CUDA: megatron's fused SwiGLU (jit) keeps fewer activation bytes and
-    saves a few % of layer time; its fused RoPE needs Transformer Engine
-    (docs/kernels.md has the estimate). On CPU both stay off: the jit
-    compile costs more than it saves, and plain ops keep the CPU and
-    reference numerics identical.
+    (The fused ops that depend on the installed kernels: model/dispatch.fused_ops.)
     """
-    if detect().backend == "gloo":
-        return {"batch_p2p_comm": False}
-    return {
-        "bias_activation_fusion": True,
-        "apply_rope_fusion": importlib.util.find_spec("transformer_engine") is not None,
-    }
+    return {"batch_p2p_comm": False} if detect().backend == "gloo" else {}

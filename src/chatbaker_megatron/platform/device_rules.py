@@ -48,6 +48,7 @@ NCCL_ERROR = "No backend type associated with device type cpu"
 _FACTORIES = frozenset(
     {
         torch.tensor,
+        torch.as_tensor,
         torch.zeros,
         torch.ones,
         torch.empty,
@@ -64,26 +65,9 @@ _FACTORIES = frozenset(
     }
 )
 _C10D = "torch.distributed.distributed_c10d"
-_COLLECTIVES = (
-    "all_reduce",
-    "broadcast",
-    "reduce",
-    "all_gather",
-    "all_gather_into_tensor",
-    "_all_gather_base",
-    "reduce_scatter",
-    "reduce_scatter_tensor",
-    "_reduce_scatter_base",
-    "all_to_all_single",
-    "all_to_all",
-    "gather",
-    "scatter",
-    "send",
-    "recv",
-    "isend",
-    "irecv",
-    "batch_isend_irecv",
-)
+# Factories that convert data: given a tensor and no device, the result stays
+# where that tensor is (as on CUDA); given lists or arrays, it lands on the host.
+_CONVERTERS = frozenset({torch.tensor, torch.as_tensor})
 
 # Host storages -> where they were created (storages keep one Python object
 # for their lifetime, so a weak mapping follows every view and `.data` alias).
@@ -128,9 +112,11 @@ def is_host_tensor(tensor: torch.Tensor) -> bool:
 def _is_host_device(device: Any) -> bool:
     """Whether a factory's `device=` names the host.
 
-    No device, the string "cpu" or `platform.HOST` do. A torch.device
-    object of type cpu is usually some tensor's `.device` ("where that
-    tensor is", which the tensor's own tag already tracks), so it does not.
+    No device, the string "cpu" or `platform.HOST` do, and so does every
+    `torch.device("cpu")` built while the mode runs (the mode hands out
+    `HOST` itself for it). Any other torch.device object of type cpu is
+    usually some tensor's `.device` ("where that tensor is", which the
+    tensor's own tag already tracks), so it does not.
     """
     if device is None or device is HOST:
         return True
@@ -175,6 +161,23 @@ def _host_origin(args: tuple, kwargs: dict) -> str | None:
     return site
 
 
+def _follows_its_input(func: Any, args: tuple, kwargs: dict) -> bool:
+    """torch.tensor(t) / torch.as_tensor(t) with no device: the result is where `t` is."""
+    return (
+        func in _CONVERTERS
+        and kwargs.get("device") is None
+        and isinstance(args[0] if args else kwargs.get("data"), torch.Tensor)
+    )
+
+
+def _device(args: tuple, kwargs: dict) -> torch.device:
+    """`torch.device(...)`: a plain host device built from a string is `HOST` itself."""
+    device = torch.device(*args, **kwargs)
+    if device == HOST and args and isinstance(args[0], str):
+        return HOST
+    return device
+
+
 def _target_device(func: Any, args: tuple, kwargs: dict) -> tuple[bool, Any]:
     """(moves, device) for Tensor.to / .cpu; moves is False for other functions.
 
@@ -204,7 +207,9 @@ class DeviceRulesMode(TorchFunctionMode):
         if collective is not None:
             _check_collective(collective, inspect.unwrap(func), args, kwargs)
             return func(*args, **kwargs)
-        if func in _FACTORIES:
+        if func is torch.device:
+            return _device(args, kwargs)
+        if func in _FACTORIES and not _follows_its_input(func, args, kwargs):
             result = func(*args, **kwargs)
             if _is_host_device(kwargs.get("device")):
                 _mark_host(result, _creation_site())
@@ -273,9 +278,14 @@ def _collective_name(func: Any) -> str | None:
     """The c10d collective behind `func` (itself or a wrapper of it), else None.
 
     Every c10d collective with tensor arguments hands itself to the active
-    torch function mode, so the check sits here, whoever the caller and
-    whatever alias it called. The answer is remembered per function: the
-    mode sees tens of thousands of calls per training step.
+    torch function mode, and nothing else in c10d does, so the check sits
+    here, whoever the caller and whatever alias it called: on torch 2.14
+    `all_gather_into_tensor` and `_all_gather_base` arrive as
+    `all_gather_single`, `reduce_scatter_tensor` and `_reduce_scatter_base`
+    as `reduce_scatter_single`, and `batch_isend_irecv` as its `isend`s and
+    `irecv`s. No list of names, so a rename in torch cannot open a gap. The
+    answer is remembered per function: the mode sees tens of thousands of
+    calls per training step.
     """
     try:
         return _collective_names[func]
@@ -290,8 +300,7 @@ def _find_collective_name(func: Any) -> str | None:
     inner = inspect.unwrap(func) if hasattr(func, "__wrapped__") else func
     if getattr(inner, "__module__", None) != _C10D:
         return None
-    name = getattr(inner, "__name__", None)
-    return name if name in _COLLECTIVES else None
+    return getattr(inner, "__name__", None)
 
 
 def _inside_object_collective() -> bool:

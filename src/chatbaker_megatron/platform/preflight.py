@@ -172,6 +172,9 @@ def run_preflight(platform: Platform, *, slow_factor: float) -> PreflightReport 
     )  # torchrun numbers a node's ranks contiguously
     gemm = measure_gemm_tflops(platform.device)
     busbw = measure_allreduce_busbw(node_group, per_node, platform.device) if per_node > 1 else None
+    # Its NCCL communicator would otherwise hold GPU memory and a proxy thread for the
+    # whole run (the other nodes' groups have none on this rank).
+    dist.destroy_process_group(node_group)
     torch.cuda.empty_cache()  # give the test buffers back before the model is built
     mine = platform.tensor([gemm, -1.0 if busbw is None else busbw], dtype=torch.float64)
     gathered = [torch.empty_like(mine) for _ in range(world)]
@@ -179,8 +182,8 @@ def run_preflight(platform: Platform, *, slow_factor: float) -> PreflightReport 
     hosts: list[str] = [""] * world
     dist.all_gather_object(hosts, socket.gethostname())
     figures = []
-    for rank, (tensor, host) in enumerate(zip(gathered, hosts, strict=True)):
-        rate, bw = tensor.tolist()
+    rows = torch.stack(gathered).tolist()  # one host sync
+    for rank, ((rate, bw), host) in enumerate(zip(rows, hosts, strict=True)):
         figures.append(
             RankFigures(rank, host, rank // per_node, rank % per_node, rate, None if bw < 0 else bw)
         )

@@ -1,18 +1,22 @@
 """The HTTP API: OpenAI's chat/completions, completions and models routes, /health, the page.
 
     GET  /                       the web chat page (static/index.html)
+    GET  /favicon.ico            the page's icon
     GET  /static/<file>          the page's other files (serve/static/)
     GET  /health                 {"status": "ok", "model", "running", "waiting", counters}
     GET  /v1/models              the one model served
+    GET  /v1/models/{id}         that model, or 404
     POST /v1/chat/completions    messages -> reply, streamed (SSE, ends `data: [DONE]`) or not
-    POST /v1/completions         raw prompt -> continuation, streamed or not
+    POST /v1/completions         raw prompt(s) -> continuation, streamed or not
 
-Every error is OpenAI's body {"error": {"message", "type", "param", "code"}}:
-400 for bad input (param names the field, e.g. `messages[1].role`), 400 with
+Every error is OpenAI's body {"error": {"message", "type", "param", "code"}}
+(serve/errors.py): 400 for bad input (param names the field, e.g.
+`messages[1].role`) and for a field the server does not implement, 400 with
 code `content_filter` for an input the filter refused (the model never sees
 it), 401 for a missing or wrong key (when the server has --api-key), 404 for
-an unknown model, 429 when the queue is full, 503 when the moderation
-service cannot be reached.
+an unknown model, 413 for a body over --max-body-bytes, 429 when the engine
+holds all it may, 500 when generating this request failed, 503 when the
+moderation service cannot be reached.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ from chatbaker_megatron.data.tokenizer.load import ChatBakerTokenizer
 from chatbaker_megatron.inference.filters import InputFilter
 from chatbaker_megatron.inference.sampling import SamplingConfig
 from chatbaker_megatron.serve.engine import Engine, GenerationRequest, QueueFull
+from chatbaker_megatron.serve.errors import APIError, error_response, validation_error
+from chatbaker_megatron.serve.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
+from chatbaker_megatron.serve.logprobs import chat_logprobs, completion_logprobs
 from chatbaker_megatron.serve.moderation import ModerationUnavailable
 from chatbaker_megatron.serve.request_log import RequestLog
 from chatbaker_megatron.serve.schemas import (
@@ -51,57 +58,7 @@ from chatbaker_megatron.serve.schemas import (
 
 STATIC_DIR = Path(__file__).parent / "static"
 log = logging.getLogger("chatbaker.serve")
-
-
-class APIError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-
-
-def _error_response(err: APIError) -> JSONResponse:
-    return JSONResponse(err.body, status_code=err.status)
-
-
-# pydantic's tags for the members of a union (`str`, `list[str]`) inside an error's location.
-_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
-
-
-def _param(loc: tuple[Any, ...]) -> str | None:
-    """`messages[1].role` from pydantic's ("body", "messages", 1, "role", ...)."""
-    param = ""
-    for part in loc[1:]:
-        if isinstance(part, int):
-            param += f"[{part}]"
-        elif part.isidentifier() and part not in _UNION_TAGS:
-            param += f".{part}" if param else part
-        else:
-            break
-    return param or None
-
-
-def validation_error(err: RequestValidationError) -> APIError:
-    first = err.errors()[0]
-    if first["type"] == "json_invalid":
-        reason = first.get("ctx", {}).get("error", "cannot parse")
-        return APIError(400, f"the request body is not valid JSON: {reason} at {first['loc'][-1]}")
-    param = _param(tuple(first["loc"]))
-    if param is None:
-        return APIError(400, "the request body must be a JSON object")
-    got = first.get("input")
-    shown = (
-        "" if first["type"] == "missing" else f" (got {json.dumps(got, ensure_ascii=False)[:80]})"
-    )
-    return APIError(400, f"{param}: {first['msg']}{shown}", param=param)
+ENDED = ("stop", "length")
 
 
 @dataclass(frozen=True)
@@ -115,25 +72,39 @@ class ServedModel:
     defaults: SamplingConfig  # the server's sampling settings, for fields a request omits
     turn_stop_ids: tuple[int, ...]
     turn_stop_strings: tuple[str, ...]
+    longest_token_bytes: int  # limits.longest_token_bytes: prompts too long to tokenise
     system: str | None = None
 
 
-def _sampling(body: SamplingFields, budget: int | None, defaults: SamplingConfig) -> SamplingConfig:
+def _sampling(
+    body: SamplingFields, budget: int | None, defaults: SamplingConfig, sample: int
+) -> SamplingConfig:
+    """The request's settings (the server's for fields it omits); sample i of n draws
+    from seed + i."""
     temperature = defaults.temperature if body.temperature is None else body.temperature
+    seed = defaults.seed if body.seed is None else body.seed
+    if seed is not None and sample:
+        seed = (seed + sample) % 2**64
+    penalty = body.repetition_penalty
     return SamplingConfig(
         # OpenAI's temperature 0 means argmax.
         greedy=temperature == 0 or (body.temperature is None and defaults.greedy),
         temperature=temperature or 1.0,
         top_k=defaults.top_k,
         top_p=defaults.top_p if body.top_p is None else body.top_p,
-        repetition_penalty=defaults.repetition_penalty,
+        repetition_penalty=defaults.repetition_penalty if penalty is None else penalty,
         max_new_tokens=budget or defaults.max_new_tokens,
-        seed=defaults.seed if body.seed is None else body.seed,
+        seed=seed,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        logit_bias=tuple((int(t), b) for t, b in (body.logit_bias or {}).items()),
     )
 
 
-def _usage(request: GenerationRequest) -> dict[str, int]:
-    prompt, completion = len(request.prompt_ids), len(request.token_ids)
+def _usage(jobs: list[GenerationRequest]) -> dict[str, int]:
+    # n samples of one prompt count its tokens once, as OpenAI does.
+    prompt = sum(len(ids) for ids in {tuple(job.prompt_ids): 0 for job in jobs})
+    completion = sum(len(job.token_ids) for job in jobs)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -145,6 +116,10 @@ def _sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
+def _one_or_all(values: list[Any]) -> Any:
+    return values[0] if len(values) == 1 else values
+
+
 def create_app(
     engine: Engine,
     served: ServedModel,
@@ -152,6 +127,7 @@ def create_app(
     api_keys: tuple[str, ...] = (),
     filters: tuple[InputFilter, ...] = (),
     request_log: RequestLog | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
     """The API over a started-on-startup engine (uvicorn's lifespan starts and stops it)."""
 
@@ -165,21 +141,23 @@ def create_app(
 
     app = FastAPI(title="chatbaker serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine, app.state.served = engine, served
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     created = int(time.time())
+    vocab = served.tokenizer.vocab_size
 
     @app.exception_handler(APIError)
     async def on_api_error(request: Request, err: APIError) -> JSONResponse:
-        return _error_response(err)
+        return error_response(err)
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, err: RequestValidationError) -> JSONResponse:
-        return _error_response(validation_error(err))
+        return error_response(validation_error(err))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, err: StarletteHTTPException) -> JSONResponse:
         kind = "not_found" if err.status_code == 404 else None
-        return _error_response(APIError(err.status_code, str(err.detail), code=kind))
+        return error_response(APIError(err.status_code, str(err.detail), code=kind))
 
     def require_key(request: Request) -> None:
         if not api_keys:
@@ -193,19 +171,54 @@ def create_app(
                 code="invalid_api_key",
             )
 
-    def check_model(body: SamplingFields) -> None:
+    def unknown_model(model: str) -> APIError:
+        return APIError(
+            404,
+            f"model {model!r} is not served here; GET /v1/models lists {served.model_id!r}",
+            param="model",
+            code="model_not_found",
+        )
+
+    def check_request(body: SamplingFields) -> None:
+        """The model exists, every field given is implemented, token ids are in the vocabulary."""
         if body.model != served.model_id:
-            raise APIError(
-                404,
-                f"model {body.model!r} is not served here; GET /v1/models lists {served.model_id!r}",
-                param="model",
-                code="model_not_found",
-            )
+            raise unknown_model(body.model)
+        refused = body.refused_field()
+        if refused is not None:
+            field, reason = refused
+            raise APIError(400, f"{field}: {reason}", param=field, code="unsupported_parameter")
+        for token in body.logit_bias or {}:
+            if int(token) >= vocab:
+                raise APIError(
+                    400,
+                    f"logit_bias: token id {token} is not in the vocabulary (0..{vocab - 1})",
+                    param="logit_bias",
+                )
 
     def log_exchange(kind: str, request: Request, given: Any, **fields: Any) -> None:
         if request_log is not None:
             client = request.client.host if request.client else None
-            request_log.write({"endpoint": kind, "client": client, "input": given, **fields})
+            # OpenAI's `user`: the end user's id, for the operator's abuse monitoring.
+            user = getattr(request.state, "user", None)
+            who = {"client": client, **({"user": user} if user is not None else {})}
+            request_log.write({"endpoint": kind, **who, "input": given, **fields})
+
+    def log_jobs(
+        kind: str, request: Request, given: Any, jobs: list[GenerationRequest], sent: list[str]
+    ) -> None:
+        """The exchange as it ended: what the client was sent, and why each reply ended."""
+        reasons = [job.finish.reason if job.finish else "cancelled" for job in jobs]
+        errors = [job.finish.error for job in jobs if job.finish and job.finish.error]
+        extra = {"error": _one_or_all(errors)} if errors else {}
+        log_exchange(
+            kind,
+            request,
+            given,
+            output=_one_or_all(sent),
+            usage=_usage(jobs),
+            finish_reason=_one_or_all(reasons),
+            **extra,
+        )
 
     async def screen(kind: str, request: Request, texts: list[str], given: Any) -> None:
         """Run every filter on every text; refuse the request at the first objection."""
@@ -227,19 +240,29 @@ def create_app(
                         code="content_filter",
                     )
 
-    def start(prompt_ids: list[int], sampling: SamplingConfig, stops: tuple, field: str):
-        if len(prompt_ids) >= served.max_length:
-            raise APIError(
-                400,
-                f"the prompt has {len(prompt_ids)} tokens; the model attends over "
-                f"{served.max_length}, so nothing can be generated: shorten the {field}",
-                param=field,
-                code="context_length_exceeded",
-            )
-        job = GenerationRequest(prompt_ids, sampling, *stops)
-        job.loop, job.events = asyncio.get_running_loop(), asyncio.Queue()
+    def too_long(tokens: int, field: str, counted: str = "tokens") -> APIError:
+        return APIError(
+            400,
+            f"the prompt has {tokens} {counted}; the model attends over "
+            f"{served.max_length} tokens, so nothing can be generated: shorten the {field}",
+            param=field,
+            code="context_length_exceeded",
+        )
+
+    def check_chars(texts: list[str], field: str) -> None:
+        """Refuse, without tokenising, a text that cannot fit the context in any tokenisation."""
+        chars = sum(len(text) for text in texts)
+        if chars > served.max_length * served.longest_token_bytes:
+            raise too_long(chars, field, "characters")
+
+    def submit(jobs: list[GenerationRequest], field: str) -> None:
+        loop = asyncio.get_running_loop()
+        for job in jobs:
+            if len(job.prompt_ids) >= served.max_length:
+                raise too_long(len(job.prompt_ids), field)
+            job.loop, job.events = loop, asyncio.Queue()
         try:
-            engine.submit(job)
+            engine.submit(*jobs)
         except QueueFull as err:
             raise APIError(
                 429,
@@ -247,18 +270,24 @@ def create_app(
                 type="rate_limit_error",
                 code="rate_limit_exceeded",
             ) from None
-        return job
 
-    async def finish(job: GenerationRequest) -> None:
-        try:
+    async def settle(jobs: list[GenerationRequest]) -> None:
+        """Wait for every job to end; 500 with the first failure's own error."""
+
+        async def drain(job: GenerationRequest) -> None:
             async for _ in job.pieces():
                 pass
+
+        try:
+            await asyncio.gather(*(drain(job) for job in jobs))
         finally:
-            engine.cancel(job)  # the client went away before the end
-        if job.finish.reason not in ("stop", "length"):
+            for job in jobs:
+                engine.cancel(job)  # the client went away before the end
+        failed = [job.finish for job in jobs if job.finish.reason not in ENDED]
+        if failed:
             raise APIError(
                 500,
-                f"generation failed: {job.finish.error or job.finish.reason}",
+                f"generation failed: {failed[0].error or failed[0].reason}",
                 type="server_error",
             )
 
@@ -266,13 +295,16 @@ def create_app(
         job: GenerationRequest,
         chunk: Callable[[str | None, str | None], dict[str, Any]],
         include_usage: bool,
-        done: Callable[[], None],
+        logged: Callable[[str], None],
         opening: dict[str, Any] | None = None,
     ) -> StreamingResponse:
-        """SSE of the job's text; a chat stream opens with the role chunk and trims the start."""
+        """SSE of the job's text; a chat stream opens with the role chunk and trims the start.
+
+        The exchange is logged once, however it ends (done, failed, or the client gone),
+        with the text the client was sent."""
 
         async def events() -> AsyncIterator[str]:
-            started = opening is None
+            started, sent = opening is None, ""
             try:
                 if opening is not None:
                     yield _sse(opening)
@@ -283,19 +315,20 @@ def create_app(
                         started = bool(piece)
                     if piece:
                         yield _sse(chunk(piece, None))
-                if job.finish.reason in ("stop", "length"):
+                        sent += piece
+                if job.finish.reason in ENDED:
                     yield _sse(chunk(None, job.finish.reason))
                     if include_usage:
-                        yield _sse({**chunk(None, None), "choices": [], "usage": _usage(job)})
+                        yield _sse({**chunk(None, None), "choices": [], "usage": _usage([job])})
                 else:
                     error = APIError(
                         500, f"generation failed: {job.finish.error}", type="server_error"
                     )
                     yield _sse(error.body)
                 yield "data: [DONE]\n\n"
-                done()
             finally:
                 engine.cancel(job)  # a client that disconnects frees its row at once
+                logged(sent)
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -306,53 +339,66 @@ def create_app(
             raise APIError(404, f"{index}: the web page is not installed", code="not_found")
         return FileResponse(index)
 
+    @app.get("/favicon.ico")
+    async def favicon() -> FileResponse:
+        return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
+
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": served.model_id, **engine.state()}
 
+    def model_card() -> dict[str, Any]:
+        return {
+            "id": served.model_id,
+            "object": "model",
+            "created": created,
+            "owned_by": "chatbaker",
+        }
+
     @app.get("/v1/models", dependencies=[Depends(require_key)])
     async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": served.model_id,
-                    "object": "model",
-                    "created": created,
-                    "owned_by": "chatbaker",
-                }
-            ],
-        }
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model:path}", dependencies=[Depends(require_key)])
+    async def model(model: str) -> dict[str, Any]:
+        if model != served.model_id:
+            raise unknown_model(model)
+        return model_card()
 
     @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        check_model(body)
-        given = [m.model_dump() for m in body.messages]
+        check_request(body)
+        request.state.user = body.user
+        given = [m.model_dump(exclude_none=True) for m in body.messages]
+        texts = [m.text() for m in body.messages]
+        check_chars(texts, "messages")
         await screen(
             "chat", request, [m.text() for m in body.messages if m.role != "assistant"], given
         )
-        messages = [Message(m.role, m.text()) for m in body.messages]
+        messages = [Message(m.role, text) for m, text in zip(body.messages, texts)]
         if served.system is not None and messages[0].role != "system":
             messages = [Message("system", served.system), *messages]
         try:
-            prompt_ids = encode_prompt(served.tokenizer, served.template, messages)
+            prompt_ids = await run_in_threadpool(
+                encode_prompt, served.tokenizer, served.template, messages
+            )
         except ValueError as err:
             raise APIError(400, f"messages: {err}", param="messages") from None
-        sampling = _sampling(body, body.max_completion_tokens or body.max_tokens, served.defaults)
+        budget = body.max_completion_tokens or body.max_tokens
         stops = (served.turn_stop_ids, served.turn_stop_strings + body.stop_strings())
-        job = start(prompt_ids, sampling, stops, "messages")
+        top = body.top_logprobs or 0
+        jobs = [
+            GenerationRequest(
+                prompt_ids,
+                _sampling(body, budget, served.defaults, i),
+                *stops,
+                logprobs=top if body.logprobs else None,
+            )
+            for i in range(body.n)
+        ]
+        submit(jobs, "messages")
         ident, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": ident, "created": now, "model": served.model_id}
-
-        def logged() -> None:
-            log_exchange(
-                "chat",
-                request,
-                given,
-                output=job.text.lstrip(),
-                usage=_usage(job),
-                finish_reason=job.finish.reason,
-            )
 
         if body.stream:
 
@@ -367,55 +413,108 @@ def create_app(
             include = bool(body.stream_options and body.stream_options.include_usage)
             opening = chunk(None, None)
             opening["choices"][0]["delta"] = {"role": "assistant", "content": ""}
-            return stream(job, chunk, include, logged, opening)
-        await finish(job)
-        logged()
+            return stream(
+                jobs[0],
+                chunk,
+                include,
+                lambda sent: log_jobs("chat", request, given, jobs, [sent]),
+                opening,
+            )
+        replies: list[str] = []
+        try:
+            await settle(jobs)
+            replies = [job.text.lstrip() for job in jobs]
+        finally:
+            log_jobs("chat", request, given, jobs, replies or [""] * len(jobs))
         return {
             **head,
             "object": "chat.completion",
             "choices": [
                 {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": job.text.lstrip()},
+                    "index": i,
+                    "message": {"role": "assistant", "content": reply},
+                    "logprobs": (
+                        chat_logprobs(served.tokenizer, job.token_logprobs)
+                        if body.logprobs
+                        else None
+                    ),
                     "finish_reason": job.finish.reason,
                 }
+                for i, (job, reply) in enumerate(zip(jobs, replies))
             ],
-            "usage": _usage(job),
+            "usage": _usage(jobs),
         }
+
+    async def prompt_ids_of(prompt: str | list[int], index: int) -> list[int]:
+        if isinstance(prompt, str):
+            return await run_in_threadpool(served.tokenizer.encode, prompt)
+        bad = [t for t in prompt if not 0 <= t < vocab]
+        if bad:
+            raise APIError(
+                400,
+                f"prompt[{index}]: token id {bad[0]} is not in the vocabulary (0..{vocab - 1})",
+                param="prompt",
+            )
+        return list(prompt)
 
     @app.post("/v1/completions", dependencies=[Depends(require_key)])
     async def completions(body: CompletionRequest, request: Request):
-        check_model(body)
-        await screen("completion", request, [body.prompt], body.prompt)
-        sampling = _sampling(body, body.max_tokens, served.defaults)
-        job = start(
-            served.tokenizer.encode(body.prompt), sampling, ((), body.stop_strings()), "prompt"
-        )
+        check_request(body)
+        request.state.user = body.user
+        given = body.prompt
+        prompts = body.prompts_given()
+        texts = [p for p in prompts if isinstance(p, str)]
+        check_chars(texts, "prompt")
+        await screen("completion", request, texts, body.prompt)
+        given_ids = [await prompt_ids_of(p, i) for i, p in enumerate(prompts)]
+        stops = ((), body.stop_strings())
+        scoring = body.logprobs is not None
+        jobs = [
+            GenerationRequest(
+                ids,
+                _sampling(body, body.max_tokens, served.defaults, i),
+                *stops,
+                logprobs=body.logprobs,
+                prompt_logprobs=body.echo and scoring,
+            )
+            for ids in given_ids
+            for i in range(body.n)
+        ]
+        submit(jobs, "prompt")
         ident, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": ident, "created": now, "model": served.model_id, "object": "text_completion"}
 
-        def logged() -> None:
-            log_exchange(
-                "completion",
-                request,
-                body.prompt,
-                output=job.text,
-                usage=_usage(job),
-                finish_reason=job.finish.reason,
-            )
-
-        def choice(text: str, reason: str | None) -> dict[str, Any]:
-            return {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
+        def choice(index: int, text: str, reason: str | None, logprobs: Any = None):
+            return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
 
         if body.stream:
 
             def chunk(piece: str | None, reason: str | None) -> dict[str, Any]:
-                return {**head, "choices": [choice(piece or "", reason)]}
+                return {**head, "choices": [choice(0, piece or "", reason)]}
 
             include = bool(body.stream_options and body.stream_options.include_usage)
-            return stream(job, chunk, include, logged)
-        await finish(job)
-        logged()
-        return {**head, "choices": [choice(job.text, job.finish.reason)], "usage": _usage(job)}
+            return stream(
+                jobs[0],
+                chunk,
+                include,
+                lambda sent: log_jobs("completion", request, given, jobs, [sent]),
+            )
+        replies: list[str] = []
+        try:
+            await settle(jobs)
+            replies = [job.text for job in jobs]
+        finally:
+            log_jobs("completion", request, given, jobs, replies or [""] * len(jobs))
+        choices = []
+        for i, (job, reply) in enumerate(zip(jobs, replies)):
+            tokens, scores = job.token_ids, list(job.token_logprobs)
+            if body.echo:
+                prompt = prompts[i // body.n]
+                shown = prompt if isinstance(prompt, str) else served.tokenizer.decode(prompt)
+                reply = shown + reply
+                tokens, scores = job.prompt_ids + tokens, [*job.prompt_scores, *scores]
+            logprobs = completion_logprobs(served.tokenizer, scores, tokens) if scoring else None
+            choices.append(choice(i, reply, job.finish.reason, logprobs))
+        return {**head, "choices": choices, "usage": _usage(jobs)}
 
     return app

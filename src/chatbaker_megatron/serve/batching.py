@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from chatbaker_megatron.inference.backends import cache_keyword
+
 
 def _to(mask: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return None if mask is None else mask.to(device)
@@ -35,6 +37,7 @@ class BatchedDecoder:
         self.cache = None
         self.pad: list[int] = []  # leading padding columns of each row
         self.lengths: list[int] = []  # real tokens cached for each row (= its next position)
+        self.cache_keyword = cache_keyword(model)
 
     @property
     def rows(self) -> int:
@@ -53,21 +56,28 @@ class BatchedDecoder:
         self.cache = DynamicCache(ddp_cache_data=layers) if layers else None
 
     def _forward(
-        self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache,
+        keep: int = 1,
     ) -> torch.Tensor:
+        """Logits [rows, keep, vocab] of the last `keep` positions (0: all)."""
         out = self.model(
             input_ids=tokens,
             position_ids=positions,
             attention_mask=mask,
-            cache=cache,
-            logits_to_keep=1,
+            logits_to_keep=keep,
+            **{self.cache_keyword: cache},
         )
-        return out.logits[:, -1]
+        return out.logits
 
     @torch.no_grad()
-    def add(self, prompts: list[list[int]]) -> torch.Tensor:
+    def add(self, prompts: list[list[int]], *, every_position: bool = False) -> torch.Tensor:
         """Prefill `prompts` together as new last rows; the logits [len(prompts), vocab]
-        that follow each."""
+        that follow each, or with `every_position` those after every position
+        [len(prompts), longest, vocab], each row's left-padded like its prompt."""
         from transformers import DynamicCache
 
         width = max(len(prompt) for prompt in prompts)
@@ -86,7 +96,11 @@ class BatchedDecoder:
             mask = ((causal & own) | torch.eye(width, dtype=torch.bool))[:, None]
         cache = DynamicCache()
         logits = self._forward(
-            tokens.to(self.device), positions.to(self.device), _to(mask, self.device), cache
+            tokens.to(self.device),
+            positions.to(self.device),
+            _to(mask, self.device),
+            cache,
+            keep=0 if every_position else 1,
         )
         common = max(self.columns, width)
         grow, shift = common - self.columns, common - width
@@ -104,7 +118,7 @@ class BatchedDecoder:
                     for (k, v), (new_k, new_v) in zip(self._layers(self.cache), self._layers(cache))
                 ]
             )
-        return logits
+        return logits if every_position else logits[:, -1]
 
     def remove(self, rows: list[int]) -> None:
         """Drop these rows, and the leading columns that only they needed."""
@@ -135,6 +149,6 @@ class BatchedDecoder:
         # [rows, heads=1, queries=1, columns], True = attend: given whole, transformers uses
         # it as it is instead of building it from a 2-D padding mask at every step.
         mask = (columns >= torch.tensor(self.pad, device=self.device)[:, None])[:, None, None]
-        logits = self._forward(ids, positions, mask, self.cache)
+        logits = self._forward(ids, positions, mask, self.cache)[:, -1]
         self.lengths = [n + 1 for n in self.lengths]
         return logits

@@ -4,12 +4,14 @@ The model runs in transformers (the batched engine needs a per-row padded KV
 cache, which megatron's static inference context does not offer), so
 --checkpoint is first exported to a temporary HF folder with export-hf's
 code; --hf is loaded as it is. The sampling options are the defaults for
-the fields a request leaves out.
+the fields a request leaves out; as in OpenAI's API, no repetition penalty
+unless --repetition-penalty (or a request's `repetition_penalty`) asks for one.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from chatbaker_megatron.inference.options import (
 )
 from chatbaker_megatron.serve.app import ServedModel, create_app
 from chatbaker_megatron.serve.engine import Engine
+from chatbaker_megatron.serve.limits import DEFAULT_MAX_BODY_BYTES, longest_token_bytes
 from chatbaker_megatron.serve.moderation import ModerationFilter
 from chatbaker_megatron.serve.request_log import RequestLog
 
@@ -68,7 +71,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--request-log", default=None, metavar="PATH", help="append one JSON line per exchange"
     )
-    add_sampling_arguments(parser, max_new_tokens=256, repetition_penalty=1.1)
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="refuse larger request bodies with 413, unread (default: 1 MiB)",
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=5.0,
+        help="seconds streams in flight may finish after SIGTERM before they are cut",
+    )
+    add_sampling_arguments(parser, max_new_tokens=256, repetition_penalty=1.0)
 
 
 def _load_model(args: argparse.Namespace) -> tuple[HFBackend, str]:
@@ -116,6 +131,7 @@ def build_app(args: argparse.Namespace) -> FastAPI:
         defaults=defaults,
         turn_stop_ids=stop_ids,
         turn_stop_strings=stop_strings,
+        longest_token_bytes=longest_token_bytes(backend.tokenizer),
         system=args.system,
     )
     request_log = RequestLog(args.request_log) if args.request_log else None
@@ -125,21 +141,37 @@ def build_app(args: argparse.Namespace) -> FastAPI:
         api_keys=tuple(args.api_key),
         filters=tuple(filters),
         request_log=request_log,
+        max_body_bytes=args.max_body_bytes,
+    )
+
+
+def banner(base: str, model_id: str, keyed: bool) -> str:
+    """The startup lines: the page, the API, a curl to try. A key is never printed."""
+    key = ' -H "Authorization: Bearer $CHATBAKER_API_KEY"' if keyed else ""
+    return (
+        f"== chat page: {base}/   (OpenAI API: {base}/v1)\n"
+        f"== try: curl {base}/v1/chat/completions{key} -H 'Content-Type: application/json' "
+        f'-d \'{{"model": "{model_id}", '
+        f'"messages": [{{"role": "user", "content": "안녕하세요?"}}]}}\''
+        + ("\n== (set CHATBAKER_API_KEY to one of the --api-key values)" if keyed else "")
     )
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    app = build_app(args)
-    base = f"http://{args.host}:{args.port}"
-    key = f' -H "Authorization: Bearer {args.api_key[0]}"' if args.api_key else ""
-    print(f"== chat page: {base}/   (OpenAI API: {base}/v1)")
-    print(
-        f"== try: curl {base}/v1/chat/completions{key} -H 'Content-Type: application/json' "
-        f'-d \'{{"model": "{app.state.served.model_id}", '
-        f'"messages": [{{"role": "user", "content": "안녕하세요?"}}]}}\'',
-        flush=True,
+    try:
+        app = build_app(args)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+        # A bad path or value is the user's to fix: one line naming it, no traceback.
+        sys.exit(f"chatbaker serve: {err}")
+    print(banner(f"http://{args.host}:{args.port}", app.state.served.model_id, bool(args.api_key)))
+    sys.stdout.flush()
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        timeout_graceful_shutdown=args.shutdown_timeout,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

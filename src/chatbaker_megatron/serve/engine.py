@@ -4,10 +4,16 @@ Each loop: cancelled rows leave, waiting requests join (prefilled together)
 up to `max_batch`, every row draws its next token from its own logits with
 its own seeded generator, all rows in one batched call of the sampling code
 the Generator uses (so a seed gives the same reply alone or batched),
-finished rows leave, and one batched forward appends the drawn tokens. At
-most `max_queue` requests wait for a row; one more is refused (QueueFull,
-HTTP 429). Text reaches the request's asyncio queue through TextStream, so a
-streamed piece never ends inside a UTF-8 character or a stop string.
+finished rows leave, and one batched forward appends the drawn tokens. The
+engine holds at most `max_batch + max_queue` requests (running or waiting);
+one more is refused (QueueFull, HTTP 429). Text reaches the request's
+asyncio queue through TextStream, so a streamed piece never ends inside a
+UTF-8 character or a stop string.
+
+Faults are isolated: an exception while admitting, prefilling, sampling or
+decoding the text of one request ends that request alone, with its own error
+(a batch prefill that fails is retried one request at a time); only a
+failure of the batch's shared forward step ends every running request.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from chatbaker_megatron.data.tokenizer.load import ChatBakerTokenizer
 from chatbaker_megatron.inference.generator import TextStream
 from chatbaker_megatron.inference.sampling import SamplingConfig, next_tokens
 from chatbaker_megatron.serve.batching import BatchedDecoder
+from chatbaker_megatron.serve.logprobs import TokenLogprob, scored
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +55,13 @@ class GenerationRequest:
     sampling: SamplingConfig
     stop_ids: tuple[int, ...] = ()
     stop_strings: tuple[str, ...] = ()
+    # Log-probabilities to report: None = off, k = each token's and the k most likely.
+    logprobs: int | None = None
+    prompt_logprobs: bool = False  # also score the prompt's tokens (OpenAI's echo)
     token_ids: list[int] = field(default_factory=list)  # as generated, a stop token included
-    text: str = ""
+    token_logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_scores: list[TokenLogprob | None] = field(default_factory=list)  # [0] is None
+    text: str = ""  # the reply as far as it was handed out (all of it once finished)
     finish: Finished | None = None
     # Pieces of text, then one Finished, handed to the event loop that waits for them.
     events: asyncio.Queue | None = None
@@ -89,16 +101,28 @@ class _Row:
         post: Callable[[GenerationRequest, str | Finished], None],
     ) -> None:
         self.request = request
+        self.prompt_length = len(request.prompt_ids)
         seed = request.sampling.seed
         self.draws = torch.Generator().manual_seed(seed) if seed is not None else None
         self.stops = {tokenizer.eos_id, *request.stop_ids}
         self.context = list(request.prompt_ids)
         self.budget = min(request.sampling.max_new_tokens, max_length - len(request.prompt_ids))
-        self.stream = TextStream(tokenizer, request.stop_strings, lambda text: post(request, text))
+        self.stream = TextStream(tokenizer, request.stop_strings, self._handed_out)
+        self.post = post
         self.logits: torch.Tensor | None = None
+
+    def _handed_out(self, text: str) -> None:
+        self.request.text += text
+        self.post(self.request, text)
+
+    @property
+    def generated(self) -> list[int]:
+        return self.context[self.prompt_length :]
 
     def accept(self, token: int) -> Finished | None:
         """Take the drawn next token; how the request ended, if this token ends it."""
+        if self.request.logprobs is not None:
+            self.request.token_logprobs += scored(self.logits[None], [token], self.request.logprobs)
         self.request.token_ids.append(token)
         self.context.append(token)
         if token in self.stops or self.stream.push(token):
@@ -131,6 +155,7 @@ class Engine:
         self.max_queue = max_queue
         self._waiting: deque[GenerationRequest] = deque()
         self._rows: list[_Row] = []
+        self._held = 0  # requests submitted and not yet ended: waiting, joining or running
         self._wake = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="serve-engine", daemon=True)
@@ -147,17 +172,19 @@ class Engine:
             self._wake.notify()
         self._thread.join()
 
-    def submit(self, request: GenerationRequest) -> None:
-        """Queue a request (its `loop` and `events` set); QueueFull when the queue is full."""
+    def submit(self, *requests: GenerationRequest) -> None:
+        """Queue requests (their `loop` and `events` set), all or none; QueueFull when the
+        engine would hold more than max_batch running + max_queue waiting."""
         with self._wake:
-            if len(self._waiting) >= self.max_queue and (
-                self._waiting or len(self._rows) >= self.max_batch
-            ):
+            if self._held + len(requests) > self.max_batch + self.max_queue:
+                waiting = len(self._waiting)
                 raise QueueFull(
-                    f"{len(self._rows)} requests running and {len(self._waiting)} waiting "
-                    f"(--max-batch {self.max_batch}, --max-queue {self.max_queue})"
+                    f"{self._held - waiting} requests running and {waiting} waiting; "
+                    f"{len(requests)} more would exceed --max-batch {self.max_batch} "
+                    f"+ --max-queue {self.max_queue}"
                 )
-            self._waiting.append(request)
+            self._held += len(requests)
+            self._waiting.extend(requests)
             self._wake.notify()
 
     def cancel(self, request: GenerationRequest) -> None:
@@ -183,6 +210,7 @@ class Engine:
             finish.reason, finish.reason
         )
         with self._wake:
+            self._held -= 1
             self.counts[counter] += 1
             self.counts["generated_tokens"] += len(request.token_ids)
         self._post(request, finish)
@@ -218,19 +246,52 @@ class Engine:
             if request.cancelled.is_set():
                 self._end(request, Finished("cancelled"))
                 continue
-            joining.append(_Row(request, self.tokenizer, self.max_length, self._post))
+            try:
+                joining.append(_Row(request, self.tokenizer, self.max_length, self._post))
+            except Exception as err:
+                self._fail(request, err, "admitting")
         if not joining:
             return
         try:
-            logits = self.decoder.add([row.request.prompt_ids for row in joining])
-        except Exception as err:  # the batch is untouched: only these requests fail
-            log.exception("prefill failed; ending the %d joining requests", len(joining))
+            self._prefill(joining)
+        except Exception:  # the batch is untouched: find the request at fault alone
             for row in joining:
-                self._end(row.request, Finished("error", f"{type(err).__name__}: {err}"))
-            return
-        for row, row_logits in zip(joining, logits):
-            row.logits = row_logits
+                try:
+                    self._prefill([row])
+                except Exception as err:
+                    self._fail(row.request, err, "prefilling")
+
+    def _prefill(self, joining: list[_Row]) -> None:
+        """One forward for the joining rows; they join the batch once it succeeded."""
+        every = any(row.request.prompt_logprobs for row in joining)
+        logits = self.decoder.add([row.request.prompt_ids for row in joining], every_position=every)
+        first = len(self._rows)
         self._rows += joining
+        for row, row_logits in zip(joining, logits):
+            row.logits = row_logits[-1] if every else row_logits
+        if not every:
+            return
+        failed = {}
+        width = logits.shape[1]
+        for i, (row, row_logits) in enumerate(zip(joining, logits)):
+            request = row.request
+            if not request.prompt_logprobs:
+                continue
+            prompt = request.prompt_ids
+            try:
+                scores = scored(
+                    row_logits[width - len(prompt) : -1], prompt[1:], request.logprobs or 0
+                )
+            except Exception as err:  # the row is in the batch: it leaves like a finished one
+                log.exception("scoring a prompt failed; ending its request alone")
+                failed[first + i] = Finished("error", f"{type(err).__name__}: {err}")
+                continue
+            request.prompt_scores = [None, *scores]
+        self._leave(failed)
+
+    def _fail(self, request: GenerationRequest, err: Exception, doing: str) -> None:
+        log.exception("%s a request failed; ending it alone", doing)
+        self._end(request, Finished("error", f"{type(err).__name__}: {err}"))
 
     def _leave(self, ended: dict[int, Finished]) -> None:
         """Free the rows first, then tell their requests: whoever hears of the end sees the row free."""
@@ -251,22 +312,44 @@ class Engine:
         if not self._rows:
             return
         done = {}
-        tokens = next_tokens(
-            torch.stack([row.logits for row in self._rows]),
-            [row.context for row in self._rows],
-            [row.request.sampling for row in self._rows],
-            [row.draws for row in self._rows],
-        )
-        for i, (row, token) in enumerate(zip(self._rows, tokens)):
-            finish = row.accept(token)
+        for i, (row, token) in enumerate(zip(self._rows, self._sample())):
+            try:
+                if isinstance(token, Exception):
+                    raise token
+                finish = row.accept(token)
+                if finish is not None:
+                    row.stream.finish()
+            except Exception as err:
+                log.exception("sampling a request failed; ending it alone")
+                finish = Finished("error", f"{type(err).__name__}: {err}")
             if finish is not None:
-                row.request.text = row.stream.finish()
                 done[i] = finish
         self._leave(done)
         if self._rows:
             logits = self.decoder.step([row.context[-1] for row in self._rows])
             for row, row_logits in zip(self._rows, logits):
                 row.logits = row_logits
+
+    def _sample(self) -> list[int | Exception]:
+        """Every row's next token, in one batched call; when that fails, row by row,
+        so only the rows at fault get their exception instead of a token."""
+        rows = self._rows
+        args = (
+            [row.context for row in rows],
+            [row.request.sampling for row in rows],
+            [row.draws for row in rows],
+            [row.generated for row in rows],
+        )
+        try:
+            return next_tokens(torch.stack([row.logits for row in rows]), *args)
+        except Exception:
+            tokens: list[int | Exception] = []
+            for r, row in enumerate(rows):
+                try:
+                    tokens += next_tokens(row.logits[None], *([arg[r]] for arg in args))
+                except Exception as err:
+                    tokens.append(err)
+            return tokens
 
     def _fail_all(self, err: Exception) -> None:
         log.exception("generation failed; ending the %d running requests", len(self._rows))
@@ -286,8 +369,8 @@ class Engine:
             except Exception as err:  # a bad request must not stop the server
                 self._fail_all(err)
             self._flush()
-        for row in self._rows:
-            self._end(row.request, Finished("cancelled"))
+        # Stopped: the running rows are freed and their requests told.
+        self._leave({i: Finished("cancelled") for i in range(len(self._rows))})
         while self._waiting:
             self._end(self._waiting.popleft(), Finished("cancelled"))
         self._flush()

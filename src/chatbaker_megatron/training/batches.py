@@ -18,7 +18,16 @@ import torch
 from chatbaker_megatron.platform import Platform
 
 # Keys the training step consumes; anything else a dataset returns is dropped.
-BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids", "cu_seqlens")
+# chosen_mask and pair_index: preference pairs (data/datasets/preference.py).
+BATCH_KEYS = (
+    "tokens",
+    "labels",
+    "loss_mask",
+    "position_ids",
+    "cu_seqlens",
+    "chosen_mask",
+    "pair_index",
+)
 
 
 def _as_tensor(value: Any) -> torch.Tensor:
@@ -30,18 +39,37 @@ def _as_tensor(value: Any) -> torch.Tensor:
     return value
 
 
+def packed_row(cu_seqlens: np.ndarray) -> tuple[np.ndarray, int]:
+    """[b, S+1] per-sample boundaries (each padded by repeating S) -> the boundaries of
+    the b samples laid end to end as one row of b*S tokens, and its longest sequence.
+
+    Done on the host, where the data is: on the device the de-duplication and the
+    maximum would each cost a host sync per micro-batch.
+    """
+    b, width = cu_seqlens.shape
+    shifted = (cu_seqlens.astype(np.int64) + np.arange(b)[:, None] * (width - 1)).reshape(-1)
+    row = shifted[np.concatenate(([True], np.diff(shifted) != 0))]
+    return row.astype(np.int32), int(np.diff(row).max())
+
+
 def collate(samples: Sequence[Mapping[str, Any]], plat: Platform) -> dict[str, torch.Tensor]:
-    """Stack samples into one micro-batch on the platform's device."""
+    """Stack samples into one micro-batch on the platform's device.
+
+    Packed samples (with `cu_seqlens`) become one row's `cu_seqlens` [n+1] (int32,
+    on the device) and `max_seqlen`, a 0-d tensor left on the host (see `packed_row`).
+    """
     batch = {}
     for key in BATCH_KEYS:
-        if key in samples[0]:
+        if key in samples[0] and key != "cu_seqlens":
             batch[key] = plat.from_host(torch.stack([_as_tensor(s[key]) for s in samples]))
     batch["tokens"] = batch["tokens"].long()
     batch["labels"] = batch["labels"].long()
     batch["position_ids"] = batch["position_ids"].long()
     batch["loss_mask"] = batch["loss_mask"].float()
-    if "cu_seqlens" in batch:
-        batch["cu_seqlens"] = batch["cu_seqlens"].int()
+    if "cu_seqlens" in samples[0]:
+        row, longest = packed_row(np.stack([np.asarray(s["cu_seqlens"]) for s in samples]))
+        batch["cu_seqlens"] = plat.from_host(torch.from_numpy(row))
+        batch["max_seqlen"] = torch.tensor(longest)
     return batch
 
 

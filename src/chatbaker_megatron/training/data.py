@@ -13,6 +13,7 @@ from typing import Any
 
 from chatbaker_megatron.config.data import resolve_path
 from chatbaker_megatron.config.schema import RunConfig
+from chatbaker_megatron.data.datasets.preference import build_preference_datasets
 from chatbaker_megatron.data.datasets.pretrain import build_pretrain_datasets
 from chatbaker_megatron.data.datasets.sft import build_sft_datasets
 from chatbaker_megatron.data.demo.prepare import require_demo_data
@@ -27,7 +28,7 @@ class TrainingData:
 
 
 def build_training_data(cfg: RunConfig, *, total_iters: int) -> TrainingData:
-    """Tokenizer plus train/valid datasets for `cfg.data` (pretraining blend or SFT set).
+    """Tokenizer plus train/valid datasets for `cfg.data` (pretraining blend, SFT or preference set).
 
     Pretraining datasets are built for exactly the samples the run consumes
     (megatron's sample index), validation for every scheduled evaluation.
@@ -36,8 +37,9 @@ def build_training_data(cfg: RunConfig, *, total_iters: int) -> TrainingData:
         require_demo_data(cfg.data.root)
     tokenizer = load_tokenizer(resolve_path(cfg.data.root, cfg.data.tokenizer))
     train_cfg = cfg.train
-    if cfg.data.kind == "sft":
-        train, valid = build_sft_datasets(
+    if cfg.data.kind in ("sft", "preference"):
+        build = build_sft_datasets if cfg.data.kind == "sft" else build_preference_datasets
+        train, valid = build(
             cfg.data, tokenizer=tokenizer, seq_length=train_cfg.seq_length, seed=train_cfg.seed
         )
         return TrainingData(tokenizer, train, valid)

@@ -9,6 +9,8 @@ exists, and collectives (DDP's broadcast_params, the optimizer's) are no-ops.
 It reports what the rank holds (parameters, bytes of weights, gradient buffer,
 optimizer state) next to `chatbaker plan`'s memory model for the same rank
 (plan/memory.py model_state); weights, grads and optimizer bytes must agree.
+It also reports what each checkpoint format costs the rank (bytes written,
+gathered, and allocated by a load: checkpoint/sizes.py, training/checkpoint_report.py).
 """
 
 from __future__ import annotations
@@ -28,10 +30,18 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.testing._internal.distributed.fake_pg import FakeStore
 
 from chatbaker_megatron import parallel
+from chatbaker_megatron.checkpoint.sizes import CheckpointCost, checkpoint_cost
+from chatbaker_megatron.config.parallel import Overlaps
 from chatbaker_megatron.config.schema import RunConfig, train_iters
 from chatbaker_megatron.plan.candidates import workload_of
 from chatbaker_megatron.plan.memory import ModelState, model_state
+from chatbaker_megatron.plan.reference import reference_model_line
 from chatbaker_megatron.platform import device_rules
+from chatbaker_megatron.training.checkpoint_report import (
+    checkpoint_json,
+    checkpoint_lines,
+    checkpoint_summary,
+)
 from chatbaker_megatron.training.engine import Engine, build_engine
 from chatbaker_megatron.training.trainer import PRECISION_DTYPES
 
@@ -46,6 +56,7 @@ class RankReport:
     dp_rank: int
     built: ModelState  # what the built shard holds
     planned: ModelState  # plan/memory.py for the same (pp_rank, dp_rank)
+    checkpoint: CheckpointCost  # what each checkpoint format costs this rank
 
     @property
     def mismatches(self) -> list[str]:
@@ -95,10 +106,9 @@ def fake_world(rank: int, world_size: int) -> Iterator[None]:
         dist.destroy_process_group()
 
 
-def overlap_grad_reduce(cfg: RunConfig) -> bool:
-    """As the trainer resolves it on the run's devices (on by default on GPUs)."""
-    setting = cfg.parallel.overlap_grad_reduce
-    return cfg.cluster.device.name != "cpu" if setting is None else setting
+def overlaps(cfg: RunConfig) -> Overlaps:
+    """As the trainer resolves them on the run's devices (on by default on GPUs)."""
+    return cfg.parallel.overlaps(on_gpu=cfg.cluster.device.name != "cpu")
 
 
 def held_state(engine: Engine, sixteen_bit: bool) -> ModelState:
@@ -140,6 +150,15 @@ def _fake_tensors() -> FakeTensorMode:
     return mode
 
 
+def _adam_steps(engine: Engine) -> None:
+    """Adam's step counters, as the first step makes them. Made from a Python number
+    under the fake mode, they keep their value, which megatron reads with `.item()`
+    when it builds the optimizer's state dict."""
+    for opt in engine.optimizer.chained_optimizers:
+        for state in opt.optimizer.state.values():
+            state.setdefault("step", torch.tensor(0.0))
+
+
 def dry_run_rank(cfg: RunConfig, rank: int) -> RankReport:
     """Build rank `rank`'s shard of the run as fake tensors and compare it with the planner."""
     params_dtype = PRECISION_DTYPES[cfg.cluster.precision]
@@ -155,11 +174,13 @@ def dry_run_rank(cfg: RunConfig, rank: int) -> RankReport:
                 train_iters=train_iters(cfg.train),
                 global_batch_size=cfg.train.global_batch_size,
                 params_dtype=params_dtype,
-                overlap_grad_reduce=overlap_grad_reduce(cfg),
+                overlaps=overlaps(cfg),
             )
             built = held_state(engine, params_dtype != torch.float32)
+            _adam_steps(engine)
+            cost = checkpoint_cost(engine, one_rank_view=True)
     planned = model_state(workload_of(cfg), cfg.parallel, ctx.dp, ctx.pp_rank, ctx.dp_rank)
-    return RankReport(rank, ctx.tp_rank, ctx.pp_rank, ctx.dp_rank, built, planned)
+    return RankReport(rank, ctx.tp_rank, ctx.pp_rank, ctx.dp_rank, built, planned, cost)
 
 
 def _gib(n: int) -> str:
@@ -172,7 +193,7 @@ def render(cfg: RunConfig, reports: list[RankReport], seconds: float) -> None:
         f"dry run of {cfg.name}: world {cfg.cluster.world_size}, tp={par.tp} pp={par.pp} "
         f"vpp={par.vpp} dp={cfg.cluster.world_size // (par.tp * par.pp * par.cp)}, "
         f"{cfg.cluster.precision}, distributed_optimizer={par.distributed_optimizer}, "
-        f"overlap_grad_reduce={overlap_grad_reduce(cfg)}"
+        f"overlapped: {overlaps(cfg).describe()}"
     )
     print(
         f"{'rank':>5} {'tp':>3} {'pp':>3} {'dp':>4} {'params':>14} "
@@ -194,6 +215,10 @@ def render(cfg: RunConfig, reports: list[RankReport], seconds: float) -> None:
             f"{r.rank:>5} {r.tp_rank:>3} {r.pp_rank:>3} {r.dp_rank:>4} {r.built.params:>14,} "
             f"{row}  {verdict}"
         )
+    for line in checkpoint_lines(cfg, {r.rank: r.checkpoint for r in reports}):
+        print(line)
+    if cfg.data.kind == "preference":
+        print(reference_model_line(max(r.built.weights for r in reports)))
     print(f"{len(reports)} ranks in {seconds:.1f}s (fake tensors: no memory allocated)")
 
 
@@ -224,6 +249,8 @@ def run(cfg: RunConfig, ranks: list[int] | None, as_json: bool) -> int:
             "name": cfg.name,
             "world_size": world,
             "parallel": dataclasses.asdict(cfg.parallel),
+            "overlaps": dataclasses.asdict(overlaps(cfg)),
+            "checkpoint": checkpoint_summary(cfg, {r.rank: r.checkpoint for r in reports}),
             "seconds": seconds,
             "ranks": [
                 {
@@ -231,6 +258,7 @@ def run(cfg: RunConfig, ranks: list[int] | None, as_json: bool) -> int:
                     "built": dataclasses.asdict(r.built),
                     "planned": dataclasses.asdict(r.planned),
                     "mismatches": r.mismatches,
+                    "checkpoint": checkpoint_json(r.checkpoint),
                 }
                 for r in reports
             ],

@@ -8,7 +8,10 @@ OptimizerParamScheduler. Everything parallel here is megatron-core's.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from megatron.core.distributed import (
@@ -23,7 +26,7 @@ from megatron.core.transformer.module import Float16Module
 from chatbaker_megatron import platform
 from chatbaker_megatron.config.model import ModelConfig
 from chatbaker_megatron.config.optim import OptimConfig
-from chatbaker_megatron.config.parallel import ParallelConfig
+from chatbaker_megatron.config.parallel import NO_OVERLAPS, Overlaps, ParallelConfig
 from chatbaker_megatron.model.llama import build_model
 
 
@@ -32,22 +35,47 @@ class Engine:
     chunks: list[torch.nn.Module]
     optimizer: MegatronOptimizer
     scheduler: OptimizerParamScheduler
+    overlaps: Overlaps = NO_OVERLAPS
+
+    @contextmanager
+    def params_in_sync(self) -> Iterator[None]:
+        """The model's weights as the optimizer last left them, for a save or an evaluation.
+
+        With the param all-gather overlapped, an update reaches the (16-bit) model
+        weights only in the next forward's pre-hooks; megatron's trainer gathers
+        them at once, and pauses the hooks, around saves and evaluations.
+        """
+        if not self.overlaps.param_gather:
+            yield
+            return
+        for chunk in self.chunks:
+            chunk.disable_forward_pre_hook(param_sync=True)
+        try:
+            yield
+        finally:
+            for chunk in self.chunks:
+                chunk.enable_forward_pre_hook()
+
+
+def _one_or_list(funcs: list) -> Any:
+    return funcs if len(funcs) > 1 else funcs[0]
 
 
 def _wire_schedule_hooks(
     config,
     chunks: list[DistributedDataParallel],
     optimizer: MegatronOptimizer,
-    overlap_grad_reduce: bool,
+    overlaps: Overlaps,
 ) -> None:
     """Tell megatron's schedules how to sync, finalize and scale grads for these chunks."""
     config.finalize_model_grads_func = finalize_model_grads
     config.grad_scale_func = optimizer.scale_loss
-    no_sync = [chunk.no_sync for chunk in chunks]
-    config.no_sync_func = no_sync if len(no_sync) > 1 else no_sync[0]
-    if overlap_grad_reduce:
-        grad_sync = [chunk.start_grad_sync for chunk in chunks]
-        config.grad_sync_func = grad_sync if len(grad_sync) > 1 else grad_sync[0]
+    config.no_sync_func = _one_or_list([chunk.no_sync for chunk in chunks])
+    if overlaps.grad_reduce:
+        config.grad_sync_func = _one_or_list([chunk.start_grad_sync for chunk in chunks])
+    if overlaps.param_gather:
+        # Every pipeline stage starts its all-gathers together (align_param_gather).
+        config.param_sync_func = _one_or_list([chunk.start_param_sync for chunk in chunks])
 
 
 def warmup_iters(optim: OptimConfig, train_iters: int) -> int:
@@ -66,7 +94,7 @@ def build_engine(
     train_iters: int,
     global_batch_size: int,
     params_dtype: torch.dtype = torch.float32,
-    overlap_grad_reduce: bool = False,
+    overlaps: Overlaps = NO_OVERLAPS,
     full_state: dict[str, torch.Tensor] | None = None,
 ) -> Engine:
     """Build everything a training step needs on this rank.
@@ -102,7 +130,9 @@ def build_engine(
         chunks = [Float16Module(config, chunk) for chunk in chunks]
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
-        overlap_grad_reduce=overlap_grad_reduce,
+        overlap_grad_reduce=overlaps.grad_reduce,
+        overlap_param_gather=overlaps.param_gather,
+        align_param_gather=overlaps.param_gather,
         use_distributed_optimizer=parallel.distributed_optimizer,
         check_for_nan_in_grad=False,
     )
@@ -137,7 +167,7 @@ def build_engine(
         ),
         chunks,
     )
-    _wire_schedule_hooks(config, chunks, optimizer, overlap_grad_reduce)
+    _wire_schedule_hooks(config, chunks, optimizer, overlaps)
     # max(1, ...): a 0-iteration run (a seed checkpoint) still needs a valid schedule.
     decay_iters = max(1, optim.decay_iters or train_iters)
     scheduler = OptimizerParamScheduler(
@@ -154,4 +184,4 @@ def build_engine(
         wd_incr_steps=decay_iters * global_batch_size,
         wd_incr_style="constant",
     )
-    return Engine(chunks=chunks, optimizer=optimizer, scheduler=scheduler)
+    return Engine(chunks=chunks, optimizer=optimizer, scheduler=scheduler, overlaps=overlaps)

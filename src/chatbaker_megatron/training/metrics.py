@@ -207,10 +207,13 @@ class ProgressClock:
 
 def progress_line(record: dict[str, Any], total: int, eta: str) -> str:
     grad_norm = record.get("grad_norm")
+    overflows = record.get("skipped_overflows")
+    overflow_note = f" (+{overflows} fp16 overflows)" if overflows else ""
     return (
         f"iter {record['iteration']:>6d}/{total} | loss {record['loss']:.4f} | "
         f"lr {record['lr']:.3e} | grad norm {grad_norm if grad_norm is None else f'{grad_norm:.3f}'} | "
         f"{record['tokens_per_s']:,.0f} tok/s ({record['tokens_per_s_per_device']:,.0f}/device) | "
         f"{record['tflops_per_device']:.2f} TFLOP/s/device | MFU {100 * record['mfu']:.1f}% | "
-        f"mem {record['memory_gib']:.2f} GiB | skipped {record['skipped_steps']} | ETA {eta}"
+        f"mem {record['memory_gib']:.2f} GiB | skipped {record['skipped_steps']}"
+        f"{overflow_note} | ETA {eta}"
     )

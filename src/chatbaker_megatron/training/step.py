@@ -9,10 +9,13 @@ Loss: the sum of masked token losses over the whole global batch divided by
 the number of unmasked tokens in it (megatron's calculate_per_token_loss),
 so the result does not depend on how the batch is split over micro-batches
 and data-parallel ranks.
+An `Objective` swaps the loss function and adds sums to the report: preference
+tuning (training/preference.py) counts pairs instead of tokens the same way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.optimizer import MegatronOptimizer
 from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
+from megatron.core.optimizer.grad_scaler import DynamicGradScaler
 from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -37,11 +41,16 @@ class StepResult:
     grad_norm: float | None  # None for evaluation steps
     update_successful: bool
     spike: bool = False  # the update was skipped because `accept_loss` refused the loss
+    # fp16: the update was skipped because the grads overflowed at a dynamic loss scale
+    # above its floor; the scaler has backed off and the next steps retry (not a fault).
+    overflow: bool = False
+    # The objective's further sums over the global batch (e.g. DPO's rewards), in its order.
+    sums: tuple[float, ...] = ()
 
 
-def _loss_func(loss_mask: torch.Tensor, loss_multiplier: float, output_tensor: torch.Tensor):
+def _loss_func(batch: dict[str, torch.Tensor], loss_multiplier: float, output_tensor: torch.Tensor):
     losses = output_tensor.float().reshape(-1) * loss_multiplier
-    mask = loss_mask.float().reshape(-1)
+    mask = batch["loss_mask"].float().reshape(-1)
     loss_sum = torch.sum(losses * mask)
     tokens = mask.sum().to(torch.int)
     report = torch.stack([loss_sum.detach(), mask.sum()])
@@ -49,38 +58,47 @@ def _loss_func(loss_mask: torch.Tensor, loss_multiplier: float, output_tensor: t
 
 
 def _packed(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], PackedSeqParams]:
-    """[b, S] packed samples -> one [1, b*S] row in megatron's thd layout.
-
-    Each sample's `cu_seqlens` [S+1] holds its boundaries padded by repeating S;
-    shifted by the sample's offset and de-duplicated they give the row's.
-    """
-    b, s = batch["tokens"].shape
-    offsets = torch.arange(b, dtype=torch.int32, device=batch["cu_seqlens"].device) * s
-    cu_seqlens = torch.unique_consecutive((batch["cu_seqlens"] + offsets[:, None]).reshape(-1))
-    max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-    flat = {key: value.reshape(1, -1) for key, value in batch.items() if key != "cu_seqlens"}
+    """[b, S] packed samples -> one [1, b*S] row in megatron's thd layout, with the row's
+    boundaries and longest sequence as `collate` computed them on the host."""
+    max_seqlen = int(batch["max_seqlen"])  # a host tensor: no device sync
+    flat = {
+        key: value.reshape(1, -1)
+        for key, value in batch.items()
+        if key not in ("cu_seqlens", "max_seqlen")
+    }
     return flat, PackedSeqParams(
         qkv_format="thd",
-        cu_seqlens_q=cu_seqlens,
-        cu_seqlens_kv=cu_seqlens,
+        cu_seqlens_q=batch["cu_seqlens"],
+        cu_seqlens_kv=batch["cu_seqlens"],
         max_seqlen_q=max_seqlen,
         max_seqlen_kv=max_seqlen,
     )
 
 
-def _forward_step(data_iterator, model, loss_multiplier: float = 1.0):
+@dataclass(frozen=True)
+class Objective:
+    """What a step optimises: `loss_func(batch, loss_multiplier, per-token losses)` returns
+    megatron's (loss sum, count, {"lm loss": report}); the report holds `report_size`
+    sums: the loss sum, its count, then any further sums (StepResult.sums)."""
+
+    loss_func: Callable = _loss_func
+    report_size: int = 2
+
+
+LANGUAGE_MODEL = Objective()
+
+
+def _forward_step(data_iterator, model, loss_multiplier: float = 1.0, objective=LANGUAGE_MODEL):
     batch = next(data_iterator)
-    packed = None
-    if "cu_seqlens" in batch:
-        batch, packed = _packed(batch)
+    inputs, packed = _packed(batch) if "cu_seqlens" in batch else (batch, None)
     output = model(
-        batch["tokens"],
-        batch["position_ids"],
+        inputs["tokens"],
+        inputs["position_ids"],
         None,
-        labels=batch["labels"],
+        labels=inputs["labels"],
         packed_seq_params=packed,
     )
-    return output, partial(_loss_func, batch["loss_mask"], loss_multiplier)
+    return output, partial(objective.loss_func, batch, loss_multiplier)
 
 
 def _sequence_shape(micro_batches: list[dict[str, torch.Tensor]]) -> tuple[int, int]:
@@ -89,20 +107,23 @@ def _sequence_shape(micro_batches: list[dict[str, torch.Tensor]]) -> tuple[int, 
     return (b * s, 1) if "cu_seqlens" in micro_batches[0] else (s, b)
 
 
-def _global_loss(losses_reduced: list[dict], engine: Engine) -> tuple[float, int]:
-    """Sum the last stage's (loss_sum, tokens) over micro-batches and DP; share with all ranks.
+def _global_loss(
+    losses_reduced: list[dict], engine: Engine, report_size: int = 2
+) -> tuple[float, int, tuple[float, ...]]:
+    """Sum the last stage's (loss_sum, tokens, *further sums) over micro-batches and DP;
+    share with all ranks.
 
     The sums stay on the compute device; the one host sync is the final read.
     """
-    totals = torch.zeros(2, dtype=torch.float64, device=platform.detect().device)
+    totals = torch.zeros(report_size, dtype=torch.float64, device=platform.detect().device)
     if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
         for report in losses_reduced:
             totals += report["lm loss"].to(torch.float64)
     dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
     # The last stage holds the numbers; every pipeline rank gets them.
     dist.all_reduce(totals, group=parallel_state.get_pipeline_model_parallel_group())
-    loss_sum, tokens = totals.tolist()
-    return (loss_sum / tokens if tokens else math.nan), int(tokens)
+    loss_sum, tokens, *sums = totals.tolist()
+    return (loss_sum / tokens if tokens else math.nan), int(tokens), tuple(sums)
 
 
 def _run_schedule(
@@ -110,12 +131,15 @@ def _run_schedule(
     micro_batches: list[dict[str, torch.Tensor]],
     forward_only: bool,
     loss_multiplier: float = 1.0,
+    objective: Objective = LANGUAGE_MODEL,
 ) -> list[dict]:
     seq_length, micro_batch_size = _sequence_shape(micro_batches)
     # Every chunk (virtual stage) pulls the same micro-batches in order.
     iterators = [iter(micro_batches) for _ in engine.chunks]
     return get_forward_backward_func()(
-        forward_step_func=partial(_forward_step, loss_multiplier=loss_multiplier),
+        forward_step_func=partial(
+            _forward_step, loss_multiplier=loss_multiplier, objective=objective
+        ),
         data_iterator=iterators if len(iterators) > 1 else iterators[0],
         model=engine.chunks if len(engine.chunks) > 1 else engine.chunks[0],
         num_microbatches=len(micro_batches),
@@ -138,11 +162,17 @@ def _clip(optimizer: MegatronOptimizer, grad_norm: float) -> None:
             )
 
 
+def _dynamic_scalers(optimizer: MegatronOptimizer) -> list[DynamicGradScaler]:
+    inners = getattr(optimizer, "chained_optimizers", [optimizer])
+    scalers = (getattr(inner, "grad_scaler", None) for inner in inners)
+    return [scaler for scaler in scalers if isinstance(scaler, DynamicGradScaler)]
+
+
 def _optimizer_step(
-    engine: Engine, loss: float, accept_loss: Callable[[float], bool]
-) -> tuple[bool, float | None, bool]:
-    """megatron's optimizer step, skipped when the loss or the grad norm is not finite
-    or `accept_loss` refuses the loss (a spike); returns (applied, grad norm, spike).
+    engine: Engine, loss: float, tokens: int, accept_loss: Callable[[float], bool]
+) -> StepResult:
+    """megatron's optimizer step, skipped on a loss-scale overflow, when the loss or the
+    grad norm is not finite, or when `accept_loss` refuses the loss (a spike).
 
     The parts of megatron's `step()` in its order, each once: prepare_grads
     (fp16: unscale the grads and update the loss scale; skip on inf/NaN),
@@ -151,15 +181,26 @@ def _optimizer_step(
     norm and the update. The loss is the same on every rank, so all decide alike.
     """
     optimizer = engine.optimizer
+    scalers = _dynamic_scalers(optimizer)
+    scales_before = [scaler.scale for scaler in scalers]  # device tensors: no host sync
     if optimizer.prepare_grads():
-        return False, None, False
+        # fp16 starts at a loss scale meant to overflow (2^32) and backs off until the
+        # grads fit: while a dynamic scale is above its floor, inf/NaN in the grads is
+        # loss scaling at work (megatron's "skipped iteration"). A non-finite loss, or
+        # inf/NaN at the floor or at a constant scale, is a real non-finite step.
+        overflow = math.isfinite(loss) and any(
+            bool(before > scaler.min_scale)
+            for scaler, before in zip(scalers, scales_before, strict=True)
+        )
+        return StepResult(loss, tokens, None, update_successful=False, overflow=overflow)
     grad_norm = float(optimizer.get_grad_norm())
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-        return False, grad_norm, False
+        return StepResult(loss, tokens, grad_norm, update_successful=False)
     if not accept_loss(loss):
-        return False, grad_norm, True
+        return StepResult(loss, tokens, grad_norm, update_successful=False, spike=True)
     _clip(optimizer, grad_norm)
-    return bool(optimizer.step_with_ready_grads()), grad_norm, False
+    applied = bool(optimizer.step_with_ready_grads())
+    return StepResult(loss, tokens, grad_norm, update_successful=applied)
 
 
 def train_step(
@@ -169,13 +210,14 @@ def train_step(
     global_batch_size: int,
     accept_loss: Callable[[float], bool] = lambda loss: True,
     loss_multiplier: float = 1.0,
+    objective: Objective = LANGUAGE_MODEL,
 ) -> StepResult:
     """Forward and backward over the global batch, then one optimizer and LR-schedule step.
 
-    A non-finite loss or gradient norm, or a finite loss that `accept_loss`
-    refuses (the spike policy), leaves the weights and the schedule untouched
-    (`update_successful` False; `spike` tells which); the caller applies its
-    policy. `loss_multiplier` scales the loss and so the gradients (fault
+    A loss-scale overflow, a non-finite loss or gradient norm, or a finite loss
+    that `accept_loss` refuses (the spike policy), leaves the weights and the
+    schedule untouched (`update_successful` False; `overflow` and `spike` tell
+    which); the caller applies its policy. `loss_multiplier` scales the loss and so the gradients (fault
     injection of a spike).
     """
     for chunk in engine.chunks:
@@ -183,25 +225,29 @@ def train_step(
         chunk.zero_grad_buffer()
     engine.optimizer.zero_grad()
     losses_reduced = _run_schedule(
-        engine, micro_batches, forward_only=False, loss_multiplier=loss_multiplier
+        engine,
+        micro_batches,
+        forward_only=False,
+        loss_multiplier=loss_multiplier,
+        objective=objective,
     )
-    loss, tokens = _global_loss(losses_reduced, engine)
-    update_successful, grad_norm, spike = _optimizer_step(engine, loss, accept_loss)
-    if update_successful:
+    loss, tokens, sums = _global_loss(losses_reduced, engine, objective.report_size)
+    result = _optimizer_step(engine, loss, tokens, accept_loss)
+    if result.update_successful:
         engine.scheduler.step(increment=global_batch_size)
-    return StepResult(
-        loss=loss,
-        tokens=tokens,
-        grad_norm=grad_norm,
-        update_successful=update_successful,
-        spike=spike,
-    )
+    return dataclasses.replace(result, sums=sums)
 
 
 @torch.no_grad()
-def eval_step(engine: Engine, micro_batches: list[dict[str, torch.Tensor]]) -> StepResult:
-    """Forward only: the per-token loss of these micro-batches."""
+def eval_step(
+    engine: Engine,
+    micro_batches: list[dict[str, torch.Tensor]],
+    objective: Objective = LANGUAGE_MODEL,
+) -> StepResult:
+    """Forward only: the loss (per token, or per pair for preference objectives) of these
+    micro-batches."""
     for chunk in engine.chunks:
         chunk.eval()
-    loss, tokens = _global_loss(_run_schedule(engine, micro_batches, forward_only=True), engine)
-    return StepResult(loss=loss, tokens=tokens, grad_norm=None, update_successful=True)
+    reports = _run_schedule(engine, micro_batches, forward_only=True, objective=objective)
+    loss, tokens, sums = _global_loss(reports, engine, objective.report_size)
+    return StepResult(loss=loss, tokens=tokens, grad_norm=None, update_successful=True, sums=sums)

@@ -27,6 +27,7 @@ from chatbaker_megatron.checkpoint.load import load_checkpoint, resume_checkpoin
 from chatbaker_megatron.checkpoint.save import save_checkpoint
 from chatbaker_megatron.checkpoint.state import TrainState
 from chatbaker_megatron.config.schema import RunConfig, train_iters
+from chatbaker_megatron.launch import STOP_FILE_ENV
 from chatbaker_megatron.model.sizes import model_flops_per_token
 from chatbaker_megatron.platform.preflight import run_preflight
 from chatbaker_megatron.training import faults
@@ -46,8 +47,12 @@ from chatbaker_megatron.training.metrics import (
     Throughput,
     progress_line,
 )
+from chatbaker_megatron.training.preference import (
+    PreferenceTraining,
+    build_preference_training,
+)
 from chatbaker_megatron.training.restarts import restart_event
-from chatbaker_megatron.training.step import eval_step, train_step
+from chatbaker_megatron.training.step import LANGUAGE_MODEL, eval_step, train_step
 from chatbaker_megatron.training.watchdog import HangWatchdog, collective_trace_prefix
 
 log = logging.getLogger(__name__)
@@ -69,12 +74,19 @@ class _StopSignal:
 
     After a Ctrl-C, another SIGINT or SIGTERM (torchrun turns a second Ctrl-C
     at the launcher into SIGTERM) forces: KeyboardInterrupt, no checkpoint.
+    The stop file named by STOP_FILE_ENV (written by `chatbaker train`'s
+    launcher on a signal, or by the sbatch's trap) requests the same stop.
     """
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self.stop_file = os.environ.get(STOP_FILE_ENV)
         for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             signal.signal(sig, self._handle)
+
+    def requested(self) -> bool:
+        """A stop signal reached this rank, or the stop file exists."""
+        return self.received is not None or bool(self.stop_file and os.path.exists(self.stop_file))
 
     def _handle(self, signum: int, _frame: Any) -> None:
         if self.received == signal.SIGINT and signum in (signal.SIGINT, signal.SIGTERM):
@@ -118,7 +130,7 @@ class Trainer:
             train_iters=self.total_iters,
             global_batch_size=cfg.train.global_batch_size,
             params_dtype=PRECISION_DTYPES[cfg.cluster.precision],
-            overlap_grad_reduce=self._overlap_grad_reduce(),
+            overlaps=cfg.parallel.overlaps(on_gpu=self.ctx.platform.is_cuda),
         )
         self.spikes = SpikeDetector(cfg.train.spike_factor, cfg.train.spike_warmup_iters)
         self.stragglers = StragglerDetector(
@@ -136,6 +148,15 @@ class Trainer:
             ),
         )
         self.state = self._restore()
+        # Preference tuning: the reference log-probs (a pre-pass of the loaded weights).
+        self.preference: PreferenceTraining | None = None
+        if cfg.data.kind == "preference":
+            datasets = [d for d in (self.data.train, self.data.valid) if d is not None]
+            self.preference = build_preference_training(
+                cfg, datasets, self.engine, self.ctx, self.state.iteration
+            )
+        self.objective = self.preference.objective if self.preference else LANGUAGE_MODEL
+        self.valid_figures: dict[str, float] = {}
         # Read before the metrics logger sets aside the rows this attempt re-runs.
         restart = restart_event(cfg.run_dir, self.state.iteration) if self.rank0 else None
         # After the restore: a refused resume leaves config.yaml and the metrics untouched.
@@ -165,24 +186,30 @@ class Trainer:
             peak_tflops=cfg.cluster.device.peak_tflops,
         )
 
-    def _overlap_grad_reduce(self) -> bool:
-        setting = self.cfg.parallel.overlap_grad_reduce
-        return self.ctx.platform.is_cuda if setting is None else setting
-
     def _restore(self) -> TrainState:
         if self.cfg.checkpoint.auto_resume:
             resumed = resume_checkpoint(
-                checkpoint_dir(self.cfg), self.engine, fallback=self.cfg.checkpoint.fallback
+                checkpoint_dir(self.cfg),
+                self.engine,
+                fallback=self.cfg.checkpoint.fallback,
+                allow_unverified=self.cfg.checkpoint.allow_unverified,
+                schedule_from=self.cfg.optim.resume_schedule,
+                optim_config=self.config_dict.get("optim"),
             )
             if resumed is not None:
                 return resumed
         if self.cfg.train.init_from:
             source = latest_checkpoint(self.cfg.train.init_from) or self.cfg.train.init_from
-            return load_checkpoint(source, self.engine, weights_only=True)
+            return load_checkpoint(
+                source,
+                self.engine,
+                weights_only=True,
+                allow_unverified=self.cfg.checkpoint.allow_unverified,
+            )
         return TrainState()
 
     def _micro_batches(self, dataset: Any, start: int) -> list[dict[str, torch.Tensor]]:
-        return global_batch(
+        batches = global_batch(
             dataset,
             start=start,
             global_batch_size=self.cfg.train.global_batch_size,
@@ -191,23 +218,33 @@ class Trainer:
             dp_rank=self.ctx.dp_rank,
             plat=self.ctx.platform,
         )
+        if self.preference is not None:
+            self.preference.attach(batches)
+        return batches
 
-    def save(self, finite: bool = True, *, background: bool = False) -> None:
+    def save(self, finite: bool = True, *, background: bool = False, final: bool = False) -> None:
         """`finite`: the last step's loss and grad norm were finite (pruning keeps the newest such).
 
         `background` (periodic saves): with checkpoint.async_save, return once the
         state is snapshotted and let `_publish_background_save` finish it later.
+        `final`: the run reached its last iteration: checkpoint.final_format, not
+        checkpoint.format (docs/training.md, "Checkpoint formats and sizes").
         """
         args = (checkpoint_dir(self.cfg), self.engine, self.state, self.config_dict)
-        keep_last = self.cfg.checkpoint.keep_last
-        with self.watchdog.long_operation("a checkpoint save"):
+        ck = self.cfg.checkpoint
+        kwargs = {
+            "keep_last": ck.keep_last,
+            "finite": finite,
+            "optimizer_format": ck.final_format if final else ck.format,
+        }
+        with self.watchdog.long_operation("a checkpoint save"), self.engine.params_in_sync():
             if self.background is None:
-                save_checkpoint(*args, keep_last=keep_last, finite=finite)
+                save_checkpoint(*args, **kwargs)
             elif background:
-                self.background.start(*args, keep_last=keep_last, finite=finite)
+                self.background.start(*args, **kwargs)
             else:
                 self.background.wait()
-                save_checkpoint(*args, keep_last=keep_last, finite=finite)
+                save_checkpoint(*args, **kwargs)
 
     def _publish_background_save(self, wait: bool) -> None:
         """Collective: publish the background checkpoint once every rank wrote it."""
@@ -223,14 +260,19 @@ class Trainer:
         if self.data.valid is None:
             return None
         gbs = self.cfg.train.global_batch_size
-        losses, tokens = 0.0, 0
+        losses, tokens, sums = 0.0, 0, [0.0] * (self.objective.report_size - 2)
         for _ in range(self.cfg.train.eval_iters):
             start = self.state.consumed_valid_samples
-            result = eval_step(self.engine, self._micro_batches(self.data.valid, start))
+            result = eval_step(
+                self.engine, self._micro_batches(self.data.valid, start), self.objective
+            )
             self.watchdog.progress("after a validation step")
             self.state.consumed_valid_samples += gbs
             losses += result.loss * result.tokens
             tokens += result.tokens
+            sums = [a + b for a, b in zip(sums, result.sums)]
+        if self.preference is not None:
+            self.valid_figures = self.preference.figures(tuple(sums), tokens, prefix="valid_")
         return losses / tokens if tokens else None
 
     def _record(self, result: Any, steps: int, seconds: float) -> dict[str, Any]:
@@ -242,6 +284,7 @@ class Trainer:
             "lr": self.engine.optimizer.param_groups[0]["lr"],
             "loss_scale": float(self.engine.optimizer.get_loss_scale()),
             "skipped_steps": self.state.skipped_steps,
+            "skipped_overflows": self.state.skipped_overflows,
             "skipped_spikes": self.state.skipped_spikes,
             "memory_gib": self.ctx.platform.memory_gib(),
         }
@@ -273,6 +316,17 @@ class Trainer:
             )
         log.warning(message)
         return consecutive
+
+    def _count_overflow(self) -> None:
+        """An fp16 update skipped by the loss scaler: counted apart from faults (megatron's
+        skipped iterations), logged once; the metrics rows carry the count and the scale."""
+        self.state.skipped_overflows += 1
+        if self.rank0 and self.state.skipped_overflows == 1:
+            log.info(
+                "iteration %d: fp16 loss-scale overflow, update skipped while the scale "
+                "backs off (counted as skipped_overflows in the metrics, not as a fault)",
+                self.state.iteration + 1,
+            )
 
     def _accept_loss(self, loss: float) -> bool:
         """train.spike_policy's verdict on a finite loss, before the update is applied."""
@@ -356,14 +410,18 @@ class Trainer:
                 global_batch_size=gbs,
                 accept_loss=self._accept_loss,
                 loss_multiplier=faults.loss_multiplier(cfg.train.fault_injection, next_iteration),
+                objective=self.objective,
             )
             self.compute_timer.stop()
             self.watchdog.progress()
             self._publish_background_save(wait=False)
-            finite = result.update_successful or result.spike  # a spike's loss is finite
+            # A spike's loss is finite; an overflow is loss scaling at work.
+            finite = result.update_successful or result.spike or result.overflow
             if result.update_successful:
                 consecutive_skips = 0
                 self.spikes.accept(self.state, result.loss)
+            elif result.overflow:
+                self._count_overflow()
             elif result.spike:
                 consecutive_skips = self._handle_spike(result, consecutive_skips)
             else:
@@ -375,24 +433,30 @@ class Trainer:
                 steps, seconds = clock.window(it)
                 record = self._record(result, steps, seconds)
                 record.update(self._rank_step_times())
+                if self.preference is not None:
+                    record.update(self.preference.figures(result.sums, result.tokens))
                 self.metrics.log(record)
                 if self.rank0:
                     log.info(progress_line(record, self.total_iters, clock.eta(it)))
             if cfg.train.eval_interval and (
                 it % cfg.train.eval_interval == 0 or it == self.total_iters
             ):
-                valid_loss = self.evaluate()
+                with self.engine.params_in_sync():
+                    valid_loss = self.evaluate()
                 if valid_loss is not None:
-                    self.metrics.log({"iteration": it, "valid_loss": valid_loss})
+                    self.metrics.log(
+                        {"iteration": it, "valid_loss": valid_loss, **self.valid_figures}
+                    )
                     if self.rank0:
                         log.info("iter %d | validation loss %.4f", it, valid_loss)
             if cfg.checkpoint.save_interval and it % cfg.checkpoint.save_interval == 0:
-                self.save(finite, background=True)
+                last = it == self.total_iters
+                self.save(finite, background=not last, final=last)
             if self._should_exit(it - start_iteration, started, self.stop):
                 break
         self._publish_background_save(wait=True)
         if cfg.checkpoint.save_on_exit and not self._saved_at(self.state.iteration):
-            self.save(finite)
+            self.save(finite, final=self.state.iteration >= self.total_iters)
         self.metrics.close()
         return self.state
 
@@ -409,7 +473,7 @@ class Trainer:
         # One collective for both: whether any rank got a signal, and the
         # longest elapsed time (ranks' clocks differ; all must agree to stop).
         signal_and_minutes = self.ctx.platform.tensor(
-            [float(stop.received is not None), (time.monotonic() - started) / 60.0]
+            [float(stop.requested()), (time.monotonic() - started) / 60.0]
         )
         dist.all_reduce(signal_and_minutes, op=dist.ReduceOp.MAX)
         any_signal, minutes = signal_and_minutes.tolist()

@@ -177,3 +177,33 @@ def test_every_numeric_key_declares_a_range():
     missing = [key for key, spec in numeric(CurateConfig) if RANGE not in spec.metadata]
     assert not missing
     json.dumps(dataclasses.asdict(CurateConfig()))  # the fingerprint serialises the config
+
+
+@pytest.mark.parametrize("keep_partial_files", [False, True])
+def test_a_truncated_gzip_keeps_nothing_unless_told_and_is_named(tmp_path, keep_partial_files):
+    """Issue 25: a .jsonl.gz cut in the middle exited 0 with its readable half kept, and the
+    report said only "unreadable-file 1"."""
+    import gzip
+
+    from chatbaker_megatron.data.curate.inputs import UNREADABLE_FILE_STAT, CuratedJsonlReader
+
+    lines = "".join(
+        json.dumps({"id": str(i), "text": f"document {i} " * 20}) + "\n" for i in range(400)
+    )
+    whole = gzip.compress(lines.encode("utf-8"))
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    reader = CuratedJsonlReader(
+        str(tmp_path),
+        on_bad_input="skip",
+        fallback_encodings=[],
+        keep_partial_files=keep_partial_files,
+    )
+    kept = list(reader.read_file("cut.jsonl.gz"))
+    stats = {name: stat.total for name, stat in reader.stats.stats.items()}
+    assert stats["bad_unreadable-file"] == 1
+    assert stats[f"{UNREADABLE_FILE_STAT}cut.jsonl.gz"] == 1
+    assert "bad_empty-file" not in stats
+    assert (len(kept) > 0) == keep_partial_files
+    with pytest.raises(BadInputError, match=r"cut\.jsonl\.gz: unreadable-file: EOFError"):
+        failing = CuratedJsonlReader(str(tmp_path), on_bad_input="fail", fallback_encodings=[])
+        list(failing.read_file("cut.jsonl.gz"))

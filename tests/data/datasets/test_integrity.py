@@ -91,3 +91,47 @@ def test_sft_store_is_checked_too(demo, tokenizer, tmp_path):
     cfg = DataConfig(kind="sft", root=str(tmp_path), sft=SFTConfig(path="sft"))
     with pytest.raises(DataIntegrityError, match=r"data\.sft\.path='sft': .*sft\.bin is"):
         open_sft_store(cfg, tokenizer)
+
+
+def _patch(path, offset: int, value: np.ndarray) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(value.tobytes())
+
+
+@pytest.mark.parametrize(
+    ("array", "entry", "value", "expected"),
+    [
+        (
+            "pointers",
+            7,
+            np.int64(-5),
+            r"sequence 7 starts at byte -5, expected [\d,]+ \(the previous",
+        ),
+        ("lengths", 3, np.int32(-1), r"sequence 3 has length -1"),
+        ("documents", 4, np.int64(99), r"document boundary 4 is sequence 99, outside \d+\.\.50"),
+    ],
+)
+def test_idx_of_the_right_size_with_a_damaged_entry_is_refused(
+    corpus, array, entry, value, expected
+):
+    """Issue 25: a corrupted .idx of the same size passed, trained a step, then failed with
+    `offset must be non-negative`, naming no file."""
+    from chatbaker_megatron.data.datasets.integrity import HEADER_BYTES
+
+    sequences = 50  # a.idx: 50 sequences, 51 document boundaries
+    offsets = {
+        "lengths": HEADER_BYTES + 4 * entry,
+        "pointers": HEADER_BYTES + 4 * sequences + 8 * entry,
+        "documents": HEADER_BYTES + 12 * sequences + 8 * entry,
+    }
+    size = os.path.getsize(corpus / "a.idx")
+    _patch(corpus / "a.idx", offsets[array], value)
+    assert os.path.getsize(corpus / "a.idx") == size
+    with pytest.raises(DataIntegrityError) as err:
+        check_indexed_dataset(str(corpus / "a"), "data.datasets[0].path='a'")
+    message = str(err.value)
+    assert message.startswith(
+        f"data.datasets[0].path='a': {corpus / 'a.idx'} is damaged at its first"
+    )
+    assert re.search(expected, message), message

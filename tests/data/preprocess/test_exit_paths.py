@@ -59,13 +59,13 @@ def test_full_disk_is_one_line_with_bytes_needed_and_leaves_nothing(
 ):
     monkeypatch.setattr(encode_pool, "CHUNK_BYTES", 4096)
 
-    class OnFullDisk(indexed_writer.IndexedDatasetBuilder):
+    class OnFullDisk(indexed_writer.IndexedFileWriter):
         def __init__(self, bin_path, dtype):
-            super().__init__(bin_path, dtype=dtype)
+            super().__init__(bin_path, dtype)
             self.data_file.close()
             self.data_file = FullDiskFile(bin_path, room=20_000)
 
-    monkeypatch.setattr(indexed_writer, "IndexedDatasetBuilder", OnFullDisk)
+    monkeypatch.setattr(indexed_writer, "IndexedFileWriter", OnFullDisk)
     source = write_jsonl(tmp_path / "in.jsonl", sample_texts(60))
     rc = preprocess_cli(demo, source, tmp_path / "out", "--workers", "0")
     err = capsys.readouterr().err
@@ -87,7 +87,7 @@ def test_read_only_output_is_one_line(demo, tmp_path, monkeypatch, capsys):
     def read_only(path, dtype):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
 
-    monkeypatch.setattr(indexed_writer, "IndexedDatasetBuilder", read_only)
+    monkeypatch.setattr(indexed_writer, "IndexedFileWriter", read_only)
     source = write_jsonl(tmp_path / "in.jsonl", sample_texts(10))
     rc = preprocess_cli(demo, source, tmp_path / "out", "--workers", "0")
     err = capsys.readouterr().err
@@ -172,3 +172,20 @@ def test_next_run_removes_partial_files_of_dead_writers_only(demo, tmp_path, cap
     err = capsys.readouterr().err
     for name in stale:
         assert f"removed {tmp_path / name}, left by a run that no longer exists" in err
+
+
+def test_a_gzip_input_is_refused_saying_what_is_read(demo, tmp_path, capsys):
+    """Issue 25: a valid .jsonl.gz was read as bytes and reported as "non-utf8" records."""
+    import gzip
+    import shutil
+
+    source = write_jsonl(tmp_path / "in.jsonl", sample_texts(10))
+    packed = tmp_path / "in.jsonl.gz"
+    with open(source, "rb") as f, gzip.open(packed, "wb") as out:
+        shutil.copyfileobj(f, out)
+    rc = preprocess_cli(demo, str(packed), tmp_path / "out", "--workers", "0")
+    err = capsys.readouterr().err
+    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    assert f"{packed} is gzip-compressed; chatbaker preprocess reads uncompressed .jsonl" in err
+    assert "non-utf8" not in err
+    assert leftovers(tmp_path) == []

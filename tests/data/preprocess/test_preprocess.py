@@ -102,6 +102,7 @@ BAD_INPUTS = {
     "empty": b'{"text": "   "}\n',
     "not-an-object": b'["a", "list"]\n',
     "not-a-string": b'{"text": 5}\n',
+    "invalid-unicode": b'{"text": "lone \\ud800 surrogate"}\n',
 }
 KIND = {"blank-line": "invalid-json"}
 
@@ -133,6 +134,27 @@ def test_bad_input_is_skipped_and_counted(tokenizer, demo, tmp_path, case):
         [*tokenizer.encode("good one"), 2],
         [*tokenizer.encode("good two"), 2],
     ]
+
+
+def test_a_byte_range_reads_its_lines_and_names_bad_ones_by_offset(tokenizer, demo, tmp_path):
+    source = tmp_path / "in.jsonl"
+    lines = [b'{"text": "one"}\n', b'{"text": "two"}\n', b"{oops\n", b'{"text": "four"}\n']
+    source.write_bytes(b"".join(lines))
+    start, end = len(lines[0]), sum(map(len, lines[:3]))
+    with pytest.raises(BadInputError, match=rf"in\.jsonl:byte {start + len(lines[1])}: invalid-j"):
+        pipeline.preprocess(
+            [str(source)],
+            str(demo.tokenizer),
+            str(tmp_path / "a"),
+            workers=0,
+            ranges=[(start, end)],
+        )
+    prefix = str(tmp_path / "b")
+    pipeline.preprocess(
+        [str(source)], str(demo.tokenizer), prefix, workers=0, ranges=[(0, start)], progress=False
+    )
+    data = IndexedDataset(prefix)  # kept: its arrays are views of its memory map
+    assert len(data) == 1 and data[0].tolist() == [*tokenizer.encode("one"), tokenizer.eos_id]
 
 
 def test_failed_run_keeps_the_previous_output_intact(demo, tmp_path):

@@ -30,7 +30,7 @@ from chatbaker_megatron.data.corpus import BadInputError
 from chatbaker_megatron.data.datasets.meta import read_meta
 from chatbaker_megatron.data.datasets.pretrain import build_pretrain_datasets
 from chatbaker_megatron.data.demo.prepare import PRETRAIN_SAMPLES
-from chatbaker_megatron.data.preprocess import pipeline, scaleout
+from chatbaker_megatron.data.preprocess import byte_ranges, pipeline, scaleout
 
 JOB_KEYS = ("tasks", "job")  # what the merged meta adds to the single-process one
 
@@ -267,3 +267,47 @@ def test_an_empty_shard_is_an_empty_part(corpus, demo, tmp_path):
     assert job.task_inputs[1] == (str(empty),)
     scaleout.run_job(job, ExecutorConfig(tasks=3, workers=1), progress=False)
     assert_same_dataset(job.output_prefix, reference)
+
+
+def test_byte_ranges_hold_whole_lines_in_order_with_about_equal_bytes(tmp_path):
+    lines = [b'{"text": "%s"}\n' % (b"x" * (i % 50)) for i in range(400)]
+    big = tmp_path / "big.jsonl"
+    big.write_bytes(b"".join(lines))
+    whole = tmp_path / "small.json"
+    whole.write_bytes(b"[" + b" " * 300 + b"]")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    paths = [str(big), str(empty), str(whole)]
+    sizes = [os.path.getsize(p) for p in paths]
+    runs = byte_ranges.split_byte_ranges(paths, sizes, 4)
+    assert len(runs) == 4
+    pieces = [piece for run in runs for piece in run]
+    # In order, contiguous, covering every byte; the empty file and the .json whole.
+    assert [i for i, _, _ in pieces] == [0, 0, 0, 0, 1, 2]
+    assert pieces[-2:] == [(1, 0, 0), (2, 0, sizes[2])]
+    big_pieces = [(a, b) for i, a, b in pieces if i == 0]
+    assert big_pieces[0][0] == 0 and big_pieces[-1][1] == sizes[0]
+    assert all(b == c for (_, b), (c, _) in itertools.pairwise(big_pieces))
+    data = big.read_bytes()
+    for a, _ in big_pieces:
+        assert a == 0 or data[a - 1 : a] == b"\n"  # starts at a line start
+    per_run = [sum(b - a for _, a, b in run) for run in runs]
+    assert max(per_run) - min(per_run) < 120  # about a quarter each, up to a line
+    assert byte_ranges.split_byte_ranges([str(big)], [sizes[0]], 10_000)[-1][-1][2] == sizes[0]
+    assert len(byte_ranges.split_byte_ranges([str(whole)], [sizes[2]], 3)) == 1
+
+
+def test_one_big_jsonl_is_split_across_tasks_into_the_same_output(corpus, demo, tmp_path):
+    big = tmp_path / "big.jsonl"
+    big.write_bytes(b"".join(Path(p).read_bytes() for p in corpus.shards) + b"{oops\n")
+    job = scaleout.plan_job(
+        [str(big)], str(demo.tokenizer), str(tmp_path / "out"), 3, on_error="skip"
+    )
+    assert job.tasks == 3 and all(r[0] is not None for r in job.task_ranges)
+    scaleout.run_job(job, ExecutorConfig(tasks=3, workers=1), progress=False)
+    for suffix in (".bin", ".idx"):
+        assert (
+            Path(job.output_prefix + suffix).read_bytes()
+            == Path(corpus.single + suffix).read_bytes()
+        )
+    assert read_meta(job.output_prefix)["bad_records"] == 1

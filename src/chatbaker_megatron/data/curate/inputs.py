@@ -23,6 +23,9 @@ from chatbaker_megatron.data.corpus import BadInputError, BadRecord, decode_json
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")
 PARQUET_SUFFIXES = (".parquet",)
+COMPRESSED_SUFFIXES = (".gz",)
+# A stat per file read only in part: the report lists their names.
+UNREADABLE_FILE_STAT = "unreadable_file:"
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,11 @@ class BadInputPolicy:
             )
         self.stat_update(f"bad_{bad.kind}")
 
+    def unreadable(self, filepath: str, detail: str) -> None:
+        """A file read only in part (or not at all): counted, and named in the report."""
+        self.bad(filepath, BadRecord("unreadable-file", detail))
+        self.stat_update(f"{UNREADABLE_FILE_STAT}{filepath}")
+
     def tag_source(self, document: Document, filepath: str) -> Document:
         # The record's own `source` (if any) is more specific than its file.
         document.metadata.setdefault("source", filepath)
@@ -86,10 +94,31 @@ class BadInputPolicy:
 class CuratedJsonlReader(BadInputPolicy, JsonlReader):
     name = "🐿 Jsonl (bad lines counted)"
 
-    def __init__(self, *args, on_bad_input: str, fallback_encodings: list[str], **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        on_bad_input: str,
+        fallback_encodings: list[str],
+        keep_partial_files: bool = False,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.on_bad_input = on_bad_input
         self.fallback_encodings = list(fallback_encodings)
+        self.keep_partial_files = keep_partial_files
+
+    def _damage(self, filepath: str) -> str | None:
+        """Why a compressed file cannot be read to its end (truncated, bad CRC), or None.
+
+        A first pass decompresses it whole, so that nothing of a damaged file is kept.
+        """
+        try:
+            with self.data_folder.open(filepath, "rb", compression=self.compression) as f:
+                while f.read(1 << 20):
+                    pass
+        except (OSError, EOFError) as err:
+            return f"{type(err).__name__}: {err}"
+        return None
 
     def _decode(self, raw: bytes) -> object:
         try:
@@ -108,6 +137,14 @@ class CuratedJsonlReader(BadInputPolicy, JsonlReader):
 
     def read_file(self, filepath: str) -> DocumentsPipeline:
         found = 0
+        damage = self._damage(filepath) if filepath.endswith(COMPRESSED_SUFFIXES) else None
+        if damage is not None:
+            kept = "; what precedes it is kept (read.keep_partial_files=true)"
+            self.unreadable(
+                filepath, damage + (kept if self.keep_partial_files else "; nothing of it is kept")
+            )
+            if not self.keep_partial_files:
+                return
         try:
             with self.data_folder.open(filepath, "rb", compression=self.compression) as f:
                 for number, raw in enumerate(f, start=1):
@@ -122,8 +159,9 @@ class CuratedJsonlReader(BadInputPolicy, JsonlReader):
                     found += 1
                     yield self.tag_source(document, filepath)
         except (OSError, EOFError) as err:
-            self.bad(filepath, BadRecord("unreadable-file", f"{type(err).__name__}: {err}"))
-        if not found:
+            if damage is None:
+                self.unreadable(filepath, f"{type(err).__name__}: {err}")
+        if not found and damage is None:
             self.bad(filepath, BadRecord("empty-file", "no document in this file"))
 
 

@@ -89,6 +89,7 @@ def _readers(cfg: CurateConfig, inputs: InputFiles, work: str) -> list[PipelineS
                     inputs.root,
                     paths_file=paths_file,
                     fallback_encodings=cfg.read.fallback_encodings,
+                    keep_partial_files=cfg.read.keep_partial_files,
                     add_file_path=False,
                     **common,
                 )

@@ -22,6 +22,7 @@ from typing import Any
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
+from chatbaker_megatron.data.curate.inputs import UNREADABLE_FILE_STAT
 from chatbaker_megatron.data.curate.tally import TALLY_PREFIX
 
 REPORT_FILES = ("report.json", "report.md", "report.png")
@@ -66,6 +67,7 @@ def build_report(stage_dirs: list[tuple[str, str]]) -> dict[str, Any]:
     removals: Counter = Counter()
     pii: Counter = Counter()
     bad_input: Counter = Counter()
+    unreadable_files: set[str] = set()
     boilerplate_lines = 0
     for _stage, stage_dir in stage_dirs:
         for name, stats in sum_stage_stats(stage_dir):
@@ -91,6 +93,8 @@ def build_report(stage_dirs: list[tuple[str, str]]) -> dict[str, Any]:
                 elif label.startswith("bad_"):
                     bad_input[label.removeprefix("bad_")] += int(value)
                     removals[f"bad input: {label.removeprefix('bad_')}"] += int(value)
+                elif label.startswith(UNREADABLE_FILE_STAT):
+                    unreadable_files.add(label.removeprefix(UNREADABLE_FILE_STAT))
                 elif label.startswith("reencoded_"):
                     bad_input[label] += int(value)
                 elif label.startswith("pii_"):
@@ -127,6 +131,7 @@ def build_report(stage_dirs: list[tuple[str, str]]) -> dict[str, Any]:
         "removals": [{"reason": r, "docs": n} for r, n in removals.most_common()],
         "pii_replaced": dict(sorted(pii.items())),
         "bad_input": dict(sorted(bad_input.items())),
+        "unreadable_files": sorted(unreadable_files),
         "boilerplate_lines_removed": boilerplate_lines,
         "output": checkpoints[-1] if checkpoints else None,
     }
@@ -162,6 +167,9 @@ def _markdown(report: dict[str, Any]) -> str:
         lines += [f"| {k} | {n:,} |" for k, n in report["bad_input"].items()]
     else:
         lines.append("none")
+    if report["unreadable_files"]:
+        lines += ["", "Files read only in part, or not at all (see the job's log):", ""]
+        lines += [f"- `{path}`" for path in report["unreadable_files"]]
     lines += ["", "![documents per checkpoint and removal reasons](report.png)", ""]
     return "\n".join(lines)
 

@@ -7,9 +7,15 @@ same way once the dataset is built. `check_indexed_dataset` parses the
 index header (megatron's `_IndexWriter` format: magic, version 1, dtype
 code, sequence and document counts, then int32 lengths, int64 byte
 pointers, int64 document indices and, for multimodal data, int8 modes) and
-compares both file sizes with what it says, reading a few bytes at fixed
-offsets: at a trillion tokens the index arrays are gigabytes, and every rank
-runs this check.
+compares both file sizes with what it says. Then it reads the index arrays,
+a few million entries at a time (at a trillion tokens they are gigabytes,
+read once per rank, mostly from the page cache the node's ranks share): a
+file of the right size can still hold damaged entries, which megatron would
+meet mid-run as "offset must be non-negative", naming no file. Every length
+must be >= 0, every byte pointer the previous one plus the previous length
+(so they rise and sum to the .bin's size), and the document index must start
+at 0, never decrease and stay within the sequences. The error names the
+file and the first bad entry.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from chatbaker_megatron.data.tokenizer.load import ChatBakerTokenizer
 # magic (9) + version (8) + dtype code (1) + sequence count (8) + document count (8)
 HEADER_BYTES = len(_INDEX_HEADER) + 8 + 1 + 8 + 8
 INDEX_VERSION = 1
+# Index entries checked per read (about 100 MB of lengths and pointers).
+CHUNK = 1 << 23
 
 
 class DataIntegrityError(ValueError):
@@ -42,6 +50,55 @@ class DataIntegrityError(ValueError):
 def _read_at(stream: BinaryIO, offset: int, fmt: str) -> int:
     stream.seek(offset)
     return struct.unpack(fmt, stream.read(struct.calcsize(fmt)))[0]
+
+
+def _array(idx: str, dtype: type, offset: int, start: int, stop: int) -> np.ndarray:
+    """Entries [start, stop) of the index array of `dtype` that begins at byte `offset`."""
+    itemsize = np.dtype(dtype).itemsize
+    return np.fromfile(idx, dtype=dtype, count=stop - start, offset=offset + start * itemsize)
+
+
+def _first_bad(mask: np.ndarray) -> int | None:
+    bad = np.flatnonzero(mask)
+    return int(bad[0]) if bad.size else None
+
+
+def index_entry_problem(idx: str, sequences: int, documents: int, itemsize: int) -> str | None:
+    """The first damaged entry of an index whose size and header are right, or None."""
+    lengths_at = HEADER_BYTES
+    pointers_at = lengths_at + 4 * sequences
+    documents_at = pointers_at + 8 * sequences
+    expected = 0  # the pointer of the next sequence
+    for start in range(0, sequences, CHUNK):
+        stop = min(start + CHUNK, sequences)
+        lengths = _array(idx, np.int32, lengths_at, start, stop).astype(np.int64)
+        pointers = _array(idx, np.int64, pointers_at, start, stop)
+        bad = _first_bad(lengths < 0)
+        if bad is not None:
+            return f"sequence {start + bad} has length {lengths[bad]}"
+        wanted = expected + np.concatenate(([0], np.cumsum(lengths[:-1] * itemsize)))
+        bad = _first_bad(pointers != wanted)
+        if bad is not None:
+            return (
+                f"sequence {start + bad} starts at byte {pointers[bad]:,}, expected "
+                f"{wanted[bad]:,} (the previous pointer plus the previous length)"
+            )
+        expected = int(pointers[-1] + lengths[-1] * itemsize)
+    previous = 0
+    for start in range(0, documents, CHUNK):
+        stop = min(start + CHUNK, documents)
+        bounds = _array(idx, np.int64, documents_at, start, stop)
+        if start == 0 and bounds[0] != 0:
+            return f"document 0 starts at sequence {bounds[0]}, expected 0"
+        steps = np.diff(np.concatenate(([previous], bounds)))
+        bad = _first_bad((steps < 0) | (bounds > sequences))
+        if bad is not None:
+            return (
+                f"document boundary {start + bad} is sequence {bounds[bad]}, outside "
+                f"{previous if bad == 0 else bounds[bad - 1]}..{sequences}"
+            )
+        previous = int(bounds[-1])
+    return None
 
 
 def check_indexed_dataset(prefix: str, setting: str, *, vocab_size: int | None = None) -> None:
@@ -104,6 +161,9 @@ def check_indexed_dataset(prefix: str, setting: str, *, vocab_size: int | None =
             expected_bin = last_pointer + last_length * itemsize
         else:
             expected_bin = 0
+    problem = index_entry_problem(idx, sequences, documents, itemsize)
+    if problem is not None:
+        raise fail(f"{idx} is damaged at its first bad entry: {problem}")
     if bin_size != expected_bin:
         raise fail(
             f"{bin_} is {bin_size:,} bytes, but {idx} describes {expected_bin:,} bytes "

@@ -28,6 +28,9 @@ from typing import Any
 SAMPLES = Path(__file__).parent / "samples"
 PRETRAIN_SAMPLES = {"ko": SAMPLES / "pretrain_ko.jsonl", "en": SAMPLES / "pretrain_en.jsonl"}
 SFT_SAMPLES = SAMPLES / "sft_conversations.json"
+PREFERENCE_SAMPLES = SAMPLES / "preference_pairs.jsonl"
+# The demo preference set's sequence length: both sides of a pair in one sequence.
+PREFERENCE_SEQ_LENGTH = 384
 # 4096 ids: the demo corpus is ~160K tokens, so every id is seen ~40 times on
 # average, and a 4096 x 128 embedding plus output layer (1M parameters) stays
 # the size of the tiny model's four transformer layers. Korean still gets
@@ -36,7 +39,7 @@ SFT_SAMPLES = SAMPLES / "sft_conversations.json"
 DEMO_VOCAB_SIZE = 4096
 DEMO_TEMPLATE = "chatbaker"
 # Bump when the way the demo data is built changes, to rebuild old copies.
-DEMO_FORMAT = 1
+DEMO_FORMAT = 2
 STAMP = "demo.json"
 
 
@@ -48,6 +51,7 @@ class DemoData:
     tokenizer: Path
     pretrain: dict[str, str]  # language -> prefix
     sft: str
+    preference: str
 
     @classmethod
     def under(cls, root: Path) -> DemoData:
@@ -56,12 +60,13 @@ class DemoData:
             tokenizer=root / "tokenizer",
             pretrain={lang: str(root / f"pretrain_{lang}") for lang in PRETRAIN_SAMPLES},
             sft=str(root / f"sft_{DEMO_TEMPLATE}"),
+            preference=str(root / f"preference_{DEMO_TEMPLATE}"),
         )
 
 
 def _fingerprint() -> dict:
     digest = hashlib.sha256()
-    for path in [*PRETRAIN_SAMPLES.values(), SFT_SAMPLES]:
+    for path in [*PRETRAIN_SAMPLES.values(), SFT_SAMPLES, PREFERENCE_SAMPLES]:
         digest.update(path.read_bytes())
     return {
         "format": DEMO_FORMAT,
@@ -89,7 +94,8 @@ def _stamp_matches(root: Path, fingerprint: dict) -> bool:
 
 
 def prepare_demo_data(root: str | Path) -> DemoData:
-    """Build (once) the demo tokenizer, pretraining datasets (ko, en) and SFT set under `root`."""
+    """Build (once) the demo tokenizer, pretraining datasets (ko, en), SFT and preference sets
+    under `root`."""
     from chatbaker_megatron.data.preprocess.pipeline import preprocess
     from chatbaker_megatron.data.tokenizer.train import train_tokenizer
 
@@ -114,14 +120,20 @@ def prepare_demo_data(root: str | Path) -> DemoData:
         staging.rename(data.tokenizer)
         for lang, path in PRETRAIN_SAMPLES.items():
             preprocess([str(path)], str(data.tokenizer), data.pretrain[lang], progress=False)
-        preprocess(
-            [str(SFT_SAMPLES)],
-            str(data.tokenizer),
-            data.sft,
-            fmt="sft",
-            chat_template=DEMO_TEMPLATE,
-            progress=False,
+        chat_sets = (
+            (SFT_SAMPLES, data.sft, "sft", 2048),  # the length of the SFT summary only
+            (PREFERENCE_SAMPLES, data.preference, "preference", PREFERENCE_SEQ_LENGTH),
         )
+        for samples, prefix, fmt, seq_length in chat_sets:
+            preprocess(
+                [str(samples)],
+                str(data.tokenizer),
+                prefix,
+                fmt=fmt,
+                chat_template=DEMO_TEMPLATE,
+                seq_length=seq_length,
+                progress=False,
+            )
         stamp = root / f"{STAMP}.partial-{os.getpid()}"
         stamp.write_text(json.dumps(fingerprint, indent=2) + "\n", encoding="utf-8")
         stamp.replace(root / STAMP)

@@ -18,6 +18,7 @@ from chatbaker_megatron.data.preprocess.scaleout_cli import (
 )
 from chatbaker_megatron.data.preprocess.stop_signals import StopRequested
 from chatbaker_megatron.data.templates import TEMPLATES
+from chatbaker_megatron.data.tokenizer.fast import ENCODERS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         metavar="FILE",
         help="input files or quoted globs (each glob's matches sorted), in order: .jsonl "
-        "(one JSON object per line); for --format sft also .json (a JSON array of conversations)",
+        "(one JSON object per line); for --format sft/preference also .json (a JSON array)",
     )
     parser.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer directory")
     parser.add_argument(
@@ -53,21 +54,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=FORMATS,
         default="text",
         dest="fmt",
-        help="text: pretraining documents; sft: ShareGPT conversations (default: %(default)s)",
+        help="text: pretraining documents; sft: ShareGPT conversations; preference: "
+        "chosen/rejected pairs (docs/data.md) (default: %(default)s)",
     )
     parser.add_argument(
         "--chat-template",
         default="chatbaker",
         metavar="NAME",
-        help=f"--format sft: {', '.join(TEMPLATES)} or a .yaml file (default: %(default)s)",
+        help=f"--format sft/preference: {', '.join(TEMPLATES)} or a .yaml file "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--seq-length",
         type=int,
         default=2048,
         metavar="N",
-        help="--format sft: sequence length for the truncation and packing "
-        "report (default: %(default)s)",
+        help="--format sft: sequence length for the truncation and packing report; "
+        "--format preference: the training sequence length, which holds both sides of "
+        "a pair (longer pairs are bad records) (default: %(default)s)",
     )
     parser.add_argument(
         "--on-error",
@@ -77,13 +81,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "at the first (fail) or skip and count them (default: %(default)s)",
     )
     parser.add_argument(
+        "--encoder",
+        choices=ENCODERS,
+        default="auto",
+        help="--format text: tiktoken (the tokenizer's ids, several times faster; refused for "
+        "a tokenizer it cannot reproduce exactly), hf (the tokenizers library) or auto: "
+        "tiktoken where exact, else hf (default: %(default)s)",
+    )
+    parser.add_argument(
         "--no-progress", action="store_false", dest="progress", help="no progress bar"
     )
     add_scaleout_arguments(parser)
 
 
+# The first bytes of compressed files, which preprocess does not read (chatbaker curate does).
+COMPRESSED_MAGIC = {
+    b"\x1f\x8b": "gzip",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ": "xz",
+}
+
+
+def check_not_compressed(path: str) -> None:
+    """Refuse a compressed input by its first bytes (whatever its name) with what is read."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    kind = next((name for magic, name in COMPRESSED_MAGIC.items() if head.startswith(magic)), None)
+    if kind is not None:
+        raise BadInputError(
+            f"{path} is {kind}-compressed; chatbaker preprocess reads uncompressed .jsonl (and, for "
+            "--format sft/preference, .json): decompress it first (e.g. `gunzip -k`), or run "
+            "`chatbaker curate` on it, which reads .jsonl.gz and writes .jsonl"
+        )
+
+
 def input_paths(patterns: list[str]) -> list[str]:
-    """The input files in order; a pattern that is not a file is a glob (its matches sorted)."""
+    """The input files in order; a pattern that is not a file is a glob (its matches sorted).
+    A compressed file is refused (check_not_compressed)."""
     paths = []
     for pattern in patterns:
         if os.path.isfile(pattern) or not glob.has_magic(pattern):
@@ -93,6 +128,9 @@ def input_paths(patterns: list[str]) -> list[str]:
         if not matches:
             raise FileNotFoundError(f"{pattern}: no input file matches")
         paths += matches
+    for path in paths:
+        if os.path.isfile(path):
+            check_not_compressed(path)
     return paths
 
 
@@ -112,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
             seq_length=args.seq_length,
             on_error=args.on_error,
             progress=args.progress,
+            encoder=args.encoder,
         )
     except (BadInputError, ValueError, FileNotFoundError, OutputDiskError) as err:
         print(f"chatbaker preprocess: error: {err}", file=sys.stderr)

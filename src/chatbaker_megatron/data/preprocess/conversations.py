@@ -25,27 +25,41 @@ ROLE_OF_SPEAKER = {
 }
 
 
-def _message(turn: object, index: int) -> Message:
+def parse_turn(turn: object, where: str) -> Message:
+    """One turn, ShareGPT's {"from", "value"} or the chat format's {"role", "content"};
+    `where` names it in errors (e.g. "conversations[3]")."""
     if not isinstance(turn, dict):
         raise BadRecord(
             "bad-turn",
-            f"conversations[{index}] is {type(turn).__name__}, "
-            "expected an object with 'from' and 'value'",
+            f"{where} is {type(turn).__name__}, expected an object with 'from' and 'value' "
+            "(or 'role' and 'content')",
         )
-    speaker, value = turn.get("from"), turn.get("value")
+    speaker_key, text_key = ("from", "value") if "from" in turn else ("role", "content")
+    speaker, text = turn.get(speaker_key), turn.get(text_key)
     if speaker not in ROLE_OF_SPEAKER:
         raise BadRecord(
             "bad-role",
-            f"conversations[{index}].from={speaker!r}, expected one of "
-            f"{', '.join(ROLE_OF_SPEAKER)}",
+            f"{where}.{speaker_key}={speaker!r}, expected one of {', '.join(ROLE_OF_SPEAKER)}",
         )
-    if not isinstance(value, str):
+    if not isinstance(text, str):
         raise BadRecord(
-            "bad-turn", f"conversations[{index}].value is {type(value).__name__}, expected a string"
+            "bad-turn", f"{where}.{text_key} is {type(text).__name__}, expected a string"
         )
-    if not value.strip():
-        raise BadRecord("empty-turn", f"conversations[{index}].value is empty")
-    return Message(ROLE_OF_SPEAKER[speaker], value)
+    if not text.strip():
+        raise BadRecord("empty-turn", f"{where}.{text_key} is empty")
+    return Message(ROLE_OF_SPEAKER[speaker], text)
+
+
+def check_turn_order(turns: list[Message], where: str = "") -> None:
+    """User and assistant alternate from a user turn (the system turn already split off)."""
+    for i, message in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if message.role != expected:
+            raise BadRecord(
+                "bad-turn-order",
+                f"{where}a {message.role!r} turn where a {expected!r} turn "
+                "belongs (after an optional system turn, user and assistant alternate)",
+            )
 
 
 def parse_sharegpt(record: object) -> list[Message]:
@@ -55,20 +69,13 @@ def parse_sharegpt(record: object) -> list[Message]:
     turns = record.get("conversations")
     if not isinstance(turns, list):
         raise BadRecord("missing-key", "no 'conversations' list")
-    messages = [_message(turn, i) for i, turn in enumerate(turns)]
+    messages = [parse_turn(turn, f"conversations[{i}]") for i, turn in enumerate(turns)]
     system = [messages.pop(0)] if messages and messages[0].role == "system" else []
     while messages and messages[0].role == "assistant":
         messages.pop(0)
     if messages and messages[-1].role == "user":
         messages.pop()
-    for i, message in enumerate(messages):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if message.role != expected:
-            raise BadRecord(
-                "bad-turn-order",
-                f"a {message.role!r} turn where a {expected!r} turn "
-                "belongs (after an optional system turn, user and assistant alternate)",
-            )
+    check_turn_order(messages)
     if not messages:
         raise BadRecord("no-assistant-turn", "no user turn followed by an assistant reply")
     return system + messages

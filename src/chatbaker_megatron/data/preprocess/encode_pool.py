@@ -19,13 +19,16 @@ RECORDS_PER_CHUNK = 256  # for .json arrays of conversations
 IN_FLIGHT_PER_WORKER = 2
 
 
-def input_chunks(inputs: list[str], fmt: str) -> Iterator[tuple[LineChunk | RecordChunk, int]]:
-    """(chunk, input bytes it covers) over all inputs, in order.
+def input_chunks(
+    inputs: list[str], fmt: str, ranges: list[tuple[int, int] | None] | None = None
+) -> Iterator[tuple[LineChunk | RecordChunk, int]]:
+    """(chunk, input bytes it covers) over all inputs, in order; `ranges[i]`, when given and not
+    None, is the byte range [start, end) of inputs[i] to read (line-aligned: scaleout.py).
 
-    Lines are streamed; an SFT .json file (one JSON array) has to be loaded whole.
+    Lines are streamed; an SFT or preference .json file (one JSON array) is loaded whole.
     """
-    for path in inputs:
-        if fmt == "sft" and path.endswith(".json"):
+    for path, byte_range in zip(inputs, ranges or [None] * len(inputs)):
+        if fmt != "text" and path.endswith(".json"):
             with open(path, "rb") as f:
                 try:
                     records = json.load(f)
@@ -42,7 +45,7 @@ def input_chunks(inputs: list[str], fmt: str) -> Iterator[tuple[LineChunk | Reco
                 part = records[start : start + RECORDS_PER_CHUNK]
                 yield RecordChunk(path, start, part), size * len(part) // len(records)
         else:
-            for chunk in iter_line_chunks(path, CHUNK_BYTES):
+            for chunk in iter_line_chunks(path, CHUNK_BYTES, *(byte_range or (0, None))):
                 yield chunk, sum(map(len, chunk.lines))
 
 
@@ -52,10 +55,12 @@ def encode_in_order(
     workers: int,
     tokenizer_dir: str,
     template: str | None,
+    encoder: str = "auto",
 ) -> Iterator[tuple[EncodedChunk, int]]:
-    """`encode` every chunk in `workers` processes (here when 0); results in input order."""
+    """`encode` every chunk in `workers` processes (here when 0) with the batch encoder
+    `encoder` names (tokenizer/fast.py; "" for none: chat formats); results in input order."""
     if workers == 0:
-        init_worker(tokenizer_dir, None, template)
+        init_worker(tokenizer_dir, None, template, encoder)
         for chunk, size in work:
             yield encode(chunk), size
         return
@@ -68,7 +73,7 @@ def encode_in_order(
         workers,
         mp_context=multiprocessing.get_context("forkserver"),
         initializer=init_worker,
-        initargs=(tokenizer_dir, threads, template),
+        initargs=(tokenizer_dir, threads, template, encoder),
     )
     try:
         pending: deque = deque()

@@ -1,8 +1,10 @@
 """Worker side of `chatbaker preprocess`: one chunk of records in, flat token arrays out.
 
 Runs in worker processes (or in the main process with --workers 0).
-Each chunk is encoded with one encode_batch call and comes back as a single
-numpy array plus lengths, so the main process never handles per-token
+Each chunk of text is encoded with one batch call (tiktoken where it is
+exact for the tokenizer, else the tokenizers library: tokenizer/fast.py; chat
+formats need character offsets and use the tokenizers library) and comes
+back as a single numpy array plus lengths, so the main process never handles per-token
 Python objects. This module stays free of megatron and torch imports so that
 workers start in a fraction of a second.
 """
@@ -20,6 +22,7 @@ from chatbaker_megatron.data.datasets.packing import fit_whole_turns
 from chatbaker_megatron.data.preprocess.conversations import parse_sharegpt
 from chatbaker_megatron.data.preprocess.sft_tokenize import tokenize_conversations
 from chatbaker_megatron.data.templates import ChatTemplate, load_template
+from chatbaker_megatron.data.tokenizer.fast import batch_encoder
 from chatbaker_megatron.data.tokenizer.load import ChatBakerTokenizer, load_tokenizer
 
 
@@ -54,13 +57,18 @@ class EncodedChunk:
 _worker: dict[str, object] = {}
 
 
-def init_worker(tokenizer_dir: str, rayon_threads: int | None, template: str | None) -> None:
-    """Load the tokenizer (and chat template) once per worker process."""
+def init_worker(
+    tokenizer_dir: str, rayon_threads: int | None, template: str | None, encoder: str = "auto"
+) -> None:
+    """Load the tokenizer, its batch encoder (fast.py) and the chat template once per worker."""
     if rayon_threads:
         # Read by the tokenizers library when it first starts its thread pool;
         # with several worker processes each gets its share of the cores.
         os.environ["RAYON_NUM_THREADS"] = str(rayon_threads)
-    _worker["tokenizer"] = load_tokenizer(tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    _worker["tokenizer"] = tokenizer
+    threads = rayon_threads or os.cpu_count() or 1
+    _worker["encoder"] = batch_encoder(tokenizer.backend, encoder, threads) if encoder else None
     _worker["template"] = load_template(template) if template else None
 
 
@@ -84,10 +92,10 @@ def encode_text_chunk(chunk: LineChunk, json_key: str, dtype: str) -> EncodedChu
         try:
             texts.append(text_field(decode_json_line(raw), json_key))
         except BadRecord as err:
-            bad.append((f"{chunk.path}:{chunk.first_line + offset}", err.kind, err.detail))
-    encodings = tokenizer.backend.encode_batch_fast(texts, add_special_tokens=False)
-    eos = tokenizer.eos_id
-    sequences = [[*encoding.ids, eos] for encoding in encodings]
+            bad.append((chunk.location(offset), err.kind, err.detail))
+    sequences = _worker["encoder"].encode_batch(texts)
+    for ids in sequences:
+        ids.append(tokenizer.eos_id)
     tokens, lengths = _flatten(sequences, dtype)
     return EncodedChunk(tokens, lengths, 1, bad, chars=sum(map(len, texts)))
 
@@ -99,7 +107,7 @@ def _records(chunk: LineChunk | RecordChunk) -> Iterator[tuple[str, object]]:
             yield f"{chunk.path}[{chunk.first_index + offset}]", record
         return
     for offset, raw in enumerate(chunk.lines):
-        location = f"{chunk.path}:{chunk.first_line + offset}"
+        location = chunk.location(offset)
         try:
             yield location, decode_json_line(raw)
         except BadRecord as err:

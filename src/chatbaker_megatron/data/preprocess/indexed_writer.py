@@ -1,6 +1,7 @@
 """Writing megatron indexed datasets so that a partial output never looks complete.
 
-megatron's IndexedDatasetBuilder writes to temporary names; on success the
+The files (megatron's layout, written with numpy by datasets/indexed_files,
+so that preprocessing never imports torch) go to temporary names; on success the
 files are renamed into place with the .idx last (megatron needs both .bin
 and .idx, so the .idx is the commit marker) and any older .idx is removed
 before the new .bin arrives. The `PREFIX.meta.json` sidecar (datasets/meta.py)
@@ -25,21 +26,10 @@ import socket
 from types import TracebackType
 
 import numpy as np
-from megatron.core.datasets.indexed_dataset import (
-    DType,
-    IndexedDatasetBuilder,
-    get_bin_path,
-    get_idx_path,
-)
 
+from chatbaker_megatron.data.datasets.indexed_files import IndexedFileWriter, bin_path, idx_path
 from chatbaker_megatron.data.datasets.meta import meta_path
 from chatbaker_megatron.data.preprocess.encode_worker import EncodedChunk
-
-
-def token_dtype(vocab_size: int) -> type[np.number]:
-    """The .bin token dtype megatron picks for a vocabulary: uint16 when it fits, else int32."""
-    return DType.optimal_dtype(vocab_size)
-
 
 PARTIAL_SUFFIXES = (".bin", ".idx", ".meta.json")
 
@@ -78,46 +68,41 @@ def remove_stale_partials(prefix: str) -> list[str]:
 
 
 class AtomicIndexedWriter:
-    """An IndexedDatasetBuilder on temporary files, renamed into place by commit()."""
+    """An IndexedFileWriter on temporary files, renamed into place by commit()."""
 
     def __init__(self, prefix: str, dtype: type[np.number]) -> None:
         self.prefix = prefix
         self.partial = partial_prefix(prefix, socket.gethostname(), os.getpid())
         os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
         self.stale_removed = remove_stale_partials(prefix)
-        self.builder = IndexedDatasetBuilder(get_bin_path(self.partial), dtype=dtype)
+        self.builder = IndexedFileWriter(bin_path(self.partial), dtype)
         self.data_bytes = 0  # written to the .bin so far
 
     @property
     def index_bytes(self) -> int:
         """Size of the .idx for what was added so far (megatron's format, header aside)."""
-        return 12 * len(self.builder.sequence_lengths) + 8 * len(self.builder.document_indices)
+        return 12 * self.builder.sequences + 8 * (self.builder.documents + 1)
 
     def add(self, chunk: EncodedChunk) -> None:
         """Append a chunk's documents, each as one megatron document of `seqs_per_doc` sequences."""
-        bounds = np.concatenate([[0], np.cumsum(chunk.seq_lengths)]).tolist()
-        lengths = chunk.seq_lengths.tolist()
-        step = chunk.seqs_per_doc
-        for first in range(0, len(lengths), step):
-            begin, end = bounds[first], bounds[first + step]
-            self.builder.add_document(chunk.tokens[begin:end], lengths[first : first + step])
-        self.data_bytes += int(chunk.seq_lengths.sum()) * np.dtype(self.builder.dtype).itemsize
+        self.builder.add_documents(chunk.tokens, chunk.seq_lengths, chunk.seqs_per_doc)
+        self.data_bytes += int(chunk.seq_lengths.sum()) * self.builder.dtype.itemsize
 
     def add_dataset(self, prefix: str) -> None:
-        """Append a whole indexed dataset of the same dtype (megatron's add_index: its index
-        entries, then its .bin copied as it is)."""
-        self.builder.add_index(prefix)
-        self.data_bytes += os.path.getsize(get_bin_path(prefix))
+        """Append a whole indexed dataset of the same dtype: its index entries, then its .bin
+        copied as it is."""
+        self.builder.add_dataset(prefix)
+        self.data_bytes += os.path.getsize(bin_path(prefix))
 
     def commit(self, meta: dict) -> None:
-        self.builder.finalize(get_idx_path(self.partial))
+        self.builder.finalize(idx_path(self.partial))
         with open(meta_path(self.partial), "w", encoding="utf-8") as f:
             json.dump(meta, f, ensure_ascii=False, indent=2)
-        if os.path.exists(get_idx_path(self.prefix)):
-            os.remove(get_idx_path(self.prefix))
-        os.replace(get_bin_path(self.partial), get_bin_path(self.prefix))
+        if os.path.exists(idx_path(self.prefix)):
+            os.remove(idx_path(self.prefix))
+        os.replace(bin_path(self.partial), bin_path(self.prefix))
         os.replace(meta_path(self.partial), meta_path(self.prefix))
-        os.replace(get_idx_path(self.partial), get_idx_path(self.prefix))
+        os.replace(idx_path(self.partial), idx_path(self.prefix))
 
     def abort(self) -> None:
         """Remove the partial files. Closing may raise (the buffered tail hits a full disk):
@@ -125,8 +110,8 @@ class AtomicIndexedWriter:
         with contextlib.suppress(OSError):
             self.builder.data_file.close()
         for path in (
-            get_bin_path(self.partial),
-            get_idx_path(self.partial),
+            bin_path(self.partial),
+            idx_path(self.partial),
             meta_path(self.partial),
         ):
             with contextlib.suppress(FileNotFoundError):

@@ -3,7 +3,8 @@
 The main process streams the inputs in chunks of whole lines (about 1 MiB),
 worker processes decode and batch-encode each chunk (encode_pool,
 encode_worker), and the main process writes the results in input order
-through megatron's IndexedDatasetBuilder (indexed_writer). At most two
+in megatron's .bin/.idx layout (indexed_writer, with numpy alone: nothing
+on this path imports torch or megatron). At most two
 chunks per worker are in flight, so memory does not grow with the corpus:
 the token data goes straight to disk and only megatron's per-document index
 (a few dozen bytes per document) stays in memory until the .idx is written.
@@ -32,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from chatbaker_megatron.data.corpus import BadInputError, BadRecord, ErrorTally
+from chatbaker_megatron.data.datasets.indexed_files import token_dtype
 from chatbaker_megatron.data.datasets.packing import pack_best_fit_decreasing, packing_efficiency
 from chatbaker_megatron.data.preprocess.disk_space import (
     DISK_ERRNOS,
@@ -45,11 +47,19 @@ from chatbaker_megatron.data.preprocess.encode_worker import (
     encode_sft_chunk,
     encode_text_chunk,
 )
+from chatbaker_megatron.data.preprocess.indexed_writer import AtomicIndexedWriter
+from chatbaker_megatron.data.preprocess.preference_tokenize import (
+    SEQS_PER_PAIR,
+    encode_preference_chunk,
+)
 from chatbaker_megatron.data.preprocess.stop_signals import stop_signals_raise
 from chatbaker_megatron.data.templates import load_template
+from chatbaker_megatron.data.tokenizer.fast import batch_encoder
 from chatbaker_megatron.data.tokenizer.load import load_tokenizer
 
-FORMATS = ("text", "sft")
+FORMATS = ("text", "sft", "preference")
+SEQS_PER_DOC = {"text": 1, "sft": 2, "preference": SEQS_PER_PAIR}
+DOCUMENT_NAMES = {"text": "documents", "sft": "conversations", "preference": "pairs"}
 
 
 @dataclass
@@ -65,12 +75,14 @@ class PreprocessStats:
     seconds: float = 0.0
     target_tokens: int = 0
     seq_length: int = 0
+    encoder_note: str = ""  # --format text: which batch encoder ran (tokenizer/fast.py)
     fitted_lengths: list[np.ndarray] = field(default_factory=list)
     full_lengths: list[np.ndarray] = field(default_factory=list)
 
     def add(self, chunk: EncodedChunk) -> None:
-        # An SFT document is ids + flags: count its ids only.
-        self.tokens += int(chunk.seq_lengths[:: chunk.seqs_per_doc].sum())
+        # SFT and preference documents alternate ids and flags: count the ids only.
+        step = 2 if chunk.seqs_per_doc > 1 else 1
+        self.tokens += int(chunk.seq_lengths[::step].sum())
         self.docs += chunk.docs
         self.chars += chunk.chars
         self.target_tokens += chunk.target_tokens
@@ -81,14 +93,22 @@ class PreprocessStats:
     def summary(self) -> str:
         rate = self.seconds or float("inf")
         lines = [
-            f"preprocess: {self.docs:,} {'conversations' if self.fmt == 'sft' else 'documents'}, "
+            f"preprocess: {self.docs:,} {DOCUMENT_NAMES[self.fmt]}, "
             f"{self.tokens:,} tokens, {self.chars:,} characters from {self.files} file(s) in "
             f"{self.seconds:.1f}s with {self.workers} worker(s): {self.docs / rate:,.0f} docs/s, "
             f"{self.tokens / rate:,.0f} tokens/s -> {self.output_prefix}.bin/.idx",
             self.errors.summary(),
         ]
+        if self.encoder_note:
+            lines.append(self.encoder_note)
         if self.fmt == "sft":
             lines.append(self._sft_summary())
+        if self.fmt == "preference":
+            share = self.target_tokens / self.tokens if self.tokens else 0.0
+            lines.append(
+                f"preference: {share:.1%} of tokens are reply targets; every pair fits "
+                f"seq length {self.seq_length} (chosen + rejected in one sequence)"
+            )
         return "\n".join(lines)
 
     def _sft_summary(self) -> str:
@@ -122,7 +142,7 @@ def _disk_error(
         input_done=input_done,
         input_total=input_total,
         itemsize=np.dtype(dtype).itemsize,
-        seqs_per_doc=2 if fmt == "sft" else 1,
+        seqs_per_doc=SEQS_PER_DOC[fmt],
     )
     path = f"{writer.partial}.bin" if writer else output_prefix
     progress = input_done / input_total if input_total else 0.0
@@ -158,30 +178,45 @@ def preprocess(
     progress: bool = True,
     progress_label: str = "preprocess",
     allow_empty: bool = False,
+    encoder: str = "auto",
+    ranges: list[tuple[int, int] | None] | None = None,
 ) -> PreprocessStats:
     """Write `output_prefix`.bin/.idx/.meta.json from `inputs`; returns the counts for the summary.
 
+    `encoder` (--format text): auto, tiktoken or hf (tokenizer/fast.py); the
+    output is the same with each. `ranges[i]`, when given and not None, is the
+    line-aligned byte range [start, end) of inputs[i] to read (a scale-out task).
+
     No usable record is an error unless `allow_empty` (a part of a scale-out
     job: the merge decides whether the whole job is empty)."""
-    # megatron (via indexed_writer) takes seconds to import: only when writing,
-    # so that `chatbaker preprocess --help` stays instant.
-    from chatbaker_megatron.data.preprocess.indexed_writer import AtomicIndexedWriter, token_dtype
-
     check_arguments(inputs, fmt=fmt, workers=workers, seq_length=seq_length)
     tokenizer = load_tokenizer(tokenizer_dir)
     dtype = token_dtype(tokenizer.vocab_size)
-    if fmt == "sft":
-        encode = partial(encode_sft_chunk, dtype=np.dtype(dtype).name, seq_length=seq_length)
+    if fmt in ("sft", "preference"):
+        chat_encode = encode_sft_chunk if fmt == "sft" else encode_preference_chunk
+        encode = partial(chat_encode, dtype=np.dtype(dtype).name, seq_length=seq_length)
         load_template(chat_template)  # an unknown template fails before any work
         template = chat_template
     else:
         encode = partial(encode_text_chunk, json_key=json_key, dtype=np.dtype(dtype).name)
         template = None
+    # Built here too (a few ms) so that "tiktoken" on a tokenizer it cannot
+    # reproduce fails before any work, and the summary says which one ran.
+    encoder_note = batch_encoder(tokenizer.backend, encoder).note if fmt == "text" else ""
     stats = PreprocessStats(
-        output_prefix, fmt, len(inputs), workers, ErrorTally(on_error), seq_length=seq_length
+        output_prefix,
+        fmt,
+        len(inputs),
+        workers,
+        ErrorTally(on_error),
+        seq_length=seq_length,
+        encoder_note=encoder_note,
     )
     start = time.perf_counter()
-    input_total = sum(os.path.getsize(p) for p in inputs)
+    input_total = sum(
+        r[1] - r[0] if r else os.path.getsize(p)
+        for p, r in zip(inputs, ranges or [None] * len(inputs))
+    )
     bar = tqdm(
         total=input_total,
         unit="B",
@@ -200,7 +235,12 @@ def preprocess(
                     file=sys.stderr,
                 )
             for chunk, size in encode_in_order(
-                input_chunks(inputs, fmt), encode, workers, tokenizer_dir, template
+                input_chunks(inputs, fmt, ranges),
+                encode,
+                workers,
+                tokenizer_dir,
+                template,
+                encoder if fmt == "text" else "",
             ):
                 for location, kind, detail in chunk.bad:
                     stats.errors.add(location, BadRecord(kind, detail))

@@ -1,19 +1,24 @@
 """`chatbaker preprocess --tasks N`: the same preprocessing as a datatrove job, then one merge.
 
 The inputs are split into N runs of consecutive files with about equal bytes
-(`split_contiguous`); task r runs the single-process `preprocess` on its run
+(`split_contiguous`) or, when there are fewer files than tasks, into N runs of
+line-aligned byte ranges (`byte_ranges.split_byte_ranges`: one big JSONL is
+not one task); task r runs the single-process `preprocess` on its run
 and writes `PREFIX.parts/part-<r>.bin/.idx/.meta.json` (through the same
 atomic writer, so a killed task leaves no file that looks complete). A
 second stage of one task, started when every tokenising task has finished,
-appends the parts in rank order with megatron's `IndexedDatasetBuilder.
-add_index` into `PREFIX.bin/.idx` and removes them. Consecutive runs in rank
+appends the parts in rank order (their index entries, their .bin copied as
+it is: `IndexedFileWriter.add_dataset`) into `PREFIX.bin/.idx` and removes
+them. Consecutive runs in rank
 order are the inputs in their given order, so the merged files are
 byte-identical to a single-process `chatbaker preprocess` of the same
 inputs; its `.meta.json` holds the same keys (inputs: all of them; counts:
 the sums) plus `tasks` and `job` (the job's fingerprint).
 
-Tasks split files, not lines: a large corpus comes as many shards, and whole
-files keep the merge a plain concatenation.
+With at least as many files as tasks, tasks take whole files (a large corpus
+comes as many shards, and a task reads its files from the start, so bad
+records are named by line number); inside a byte range that starts in the
+middle of a file they are named by byte offset (`FILE:byte N`).
 
 Resuming is datatrove's: a finished task leaves a completion marker in its
 stage's logging folder and is skipped when the same command runs again; an
@@ -42,8 +47,11 @@ from datatrove.utils.logging import logger
 
 from chatbaker_megatron.config.executor import ExecutorConfig
 from chatbaker_megatron.data.corpus import BadInputError
+from chatbaker_megatron.data.datasets.indexed_files import dataset_exists, token_dtype
 from chatbaker_megatron.data.datasets.meta import meta_path, read_meta
 from chatbaker_megatron.data.executors import build_executor
+from chatbaker_megatron.data.preprocess.byte_ranges import split_byte_ranges
+from chatbaker_megatron.data.preprocess.indexed_writer import AtomicIndexedWriter
 from chatbaker_megatron.data.preprocess.pipeline import check_arguments, preprocess
 from chatbaker_megatron.data.preprocess.stop_signals import stop_signals_raise
 from chatbaker_megatron.data.templates import load_template
@@ -79,6 +87,8 @@ class ScaleoutJob:
     output_prefix: str
     inputs: tuple[str, ...]
     task_inputs: tuple[tuple[str, ...], ...]
+    # Per task, per input: its byte range (start, end), or None for the whole file.
+    task_ranges: tuple[tuple[tuple[int, int] | None, ...], ...]
     tokenizer_dir: str
     fmt: str
     json_key: str
@@ -87,6 +97,7 @@ class ScaleoutJob:
     on_error: str
     encode_workers: int
     plan: str  # JSON of what the output depends on (job.json)
+    encoder: str = "auto"  # not in the plan: every encoder gives the same output
 
     @property
     def tasks(self) -> int:
@@ -116,29 +127,37 @@ def plan_job(
     seq_length: int = 2048,
     on_error: str = "fail",
     encode_workers: int = 0,
+    encoder: str = "auto",
 ) -> ScaleoutJob:
     """The job for `inputs` (paths, in order) split over at most `tasks` tasks (one file at least each)."""
     if tasks < 1:
         raise ValueError(f"--tasks={tasks}: expected >= 1")
     check_arguments(inputs, fmt=fmt, workers=encode_workers, seq_length=seq_length)
-    if fmt == "sft":
+    if fmt != "text":
         load_template(chat_template)  # an unknown template fails here, not in every task
     paths = [os.path.abspath(p) for p in inputs]
     stats = [os.stat(p) for p in paths]
-    runs = split_contiguous([s.st_size for s in stats], tasks)
+    sizes = [s.st_size for s in stats]
+    if len(paths) >= tasks:
+        pieces = [[(i, 0, sizes[i]) for i in run] for run in split_contiguous(sizes, tasks)]
+    else:
+        pieces = split_byte_ranges(paths, sizes, tasks)
     plan = {
         "inputs": [[p, s.st_size, s.st_mtime_ns] for p, s in zip(paths, stats)],
         "tokenizer_sha256": load_tokenizer(tokenizer_dir).sha256,
         "format": fmt,
         "json_key": json_key if fmt == "text" else None,
-        "chat_template": chat_template if fmt == "sft" else None,
+        "chat_template": chat_template if fmt != "text" else None,
         "on_error": on_error,
-        "tasks": len(runs),
+        "tasks": len(pieces),
     }
     return ScaleoutJob(
         output_prefix=os.path.abspath(output_prefix),
         inputs=tuple(paths),
-        task_inputs=tuple(tuple(paths[i] for i in run) for run in runs),
+        task_inputs=tuple(tuple(paths[i] for i, _, _ in run) for run in pieces),
+        task_ranges=tuple(
+            tuple(None if (a, b) == (0, sizes[i]) else (a, b) for i, a, b in run) for run in pieces
+        ),
         tokenizer_dir=os.path.abspath(tokenizer_dir),
         fmt=fmt,
         json_key=json_key,
@@ -147,6 +166,7 @@ def plan_job(
         on_error=on_error,
         encode_workers=encode_workers,
         plan=json.dumps(plan, sort_keys=True),
+        encoder=encoder,
     )
 
 
@@ -205,10 +225,6 @@ def merge_parts(job: ScaleoutJob) -> dict:
     Idempotent: when PREFIX already is this job's merge (a merge task stopped
     after committing), only the parts are removed.
     """
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-    from chatbaker_megatron.data.preprocess.indexed_writer import AtomicIndexedWriter, token_dtype
-
     merged = read_meta(job.output_prefix)
     if merged is not None and merged.get("job") == job.fingerprint:
         remove_parts(job)
@@ -217,7 +233,7 @@ def merge_parts(job: ScaleoutJob) -> dict:
     for rank in range(job.tasks):
         prefix = job.part_prefix(rank)
         meta = read_meta(prefix)
-        if meta is None or not IndexedDataset.exists(prefix):
+        if meta is None or not dataset_exists(prefix):
             raise FileNotFoundError(
                 f"{prefix}.bin/.idx: part {rank} of the job is missing (task {rank} did not "
                 "finish); run the same command again to redo the unfinished tasks"
@@ -277,6 +293,8 @@ class TokenizeTask(PipelineStep):
             progress=self.progress,
             progress_label=f"task {rank + 1}/{world_size}",
             allow_empty=True,
+            encoder=job.encoder,
+            ranges=list(job.task_ranges[rank]),
         )
         logger.info(stats.summary())
         self.stat_update("documents", value=stats.docs)

@@ -44,9 +44,10 @@ def add_scaleout_arguments(parser: argparse.ArgumentParser) -> None:
         "--tasks",
         type=int,
         metavar="N",
-        help="split the inputs into N runs of consecutive files, tokenise each in its own task, "
-        "then merge them into PREFIX (byte-identical to the single-process output); the same "
-        "command again runs only the unfinished tasks",
+        help="split the inputs into N runs of consecutive files (fewer files than N: of "
+        "line-aligned byte ranges), tokenise each in its own task, then merge them into PREFIX "
+        "(byte-identical to the single-process output); the same command again runs only the "
+        "unfinished tasks",
     )
     job.add_argument(
         "--executor",
@@ -125,11 +126,12 @@ def run_scaleout(args: argparse.Namespace, inputs: list[str]) -> int:
         seq_length=args.seq_length,
         on_error=args.on_error,
         encode_workers=encode_workers,
+        encoder=args.encoder,
     )
     if job.tasks < cfg.tasks:
         print(
-            f"preprocess: {job.tasks} task(s), not {cfg.tasks}: a task takes whole files "
-            f"and there are {len(inputs)}",
+            f"preprocess: {job.tasks} task(s), not {cfg.tasks}: the inputs hold no more "
+            "parts (a task takes whole lines, and .json or .gz files whole)",
             file=sys.stderr,
         )
     start = time.perf_counter()

@@ -53,6 +53,8 @@ function addNote(item, text) {
   note.className = "note";
   note.textContent = text;
   item.append(note);
+  // The note is the bubble's last line: keep it in view, not below the fold.
+  item.scrollIntoView({ block: "end" });
 }
 
 // The OpenAI error body {"error": {"message", "code", ...}}, or a line saying what came instead.
@@ -178,17 +180,25 @@ async function send() {
       }
       if (choice.finish_reason) finish = choice.finish_reason;
     });
-    history = [...turns, { role: "assistant", content: answerText }];
+    if (answerText) {
+      history = [...turns, { role: "assistant", content: answerText }];
+    } else {
+      // Nothing to show: say so rather than leave a blank bubble; the turn is not kept.
+      answer.classList.add("empty");
+      addNote(answer, "(the model gave an empty answer; this turn is not kept)");
+    }
     if (finish === "length") addNote(answer, "(cut at max tokens)");
   } catch (err) {
     if (err.name === "AbortError") {
       // What was shown stays in the conversation, as in other chat pages,
       // unless "New chat" (which also aborts) has just cleared it.
-      if (answer && answer.isConnected) {
+      if (answer && answer.isConnected && answerText) {
         answer.dataset.state = "stopped";
         addNote(answer, "(stopped)");
         history = [...turns, { role: "assistant", content: answerText }];
-      } else if (!answer) {
+      } else if (userItem.isConnected) {
+        // Stopped before any text: no empty turn enters the history.
+        if (answer) answer.remove();
         addNote(userItem, "(stopped before the answer began; not kept)");
       }
     } else {
