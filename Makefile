@@ -122,7 +122,7 @@ demo-dpo: setup
 	  optim.lr=2e-4 optim.warmup_iters=3 run_dir=runs/demo_dpo
 	$(BIN)/python -m chatbaker_megatron.training.preference_report runs/demo_dpo
 	@for run in demo_sft demo_dpo; do \
-	  echo "== $$run: greedy replies"; \
+	  echo "== $$run: greedy replies to" $(IDENTITY_PROMPTS); \
 	  printf '%s\n' $(IDENTITY_PROMPTS) | $(BIN)/chatbaker chat --checkpoint runs/$$run/checkpoints \
 	    --greedy --max-new-tokens 40 || exit 1; \
 	done

@@ -3,6 +3,8 @@ side by side with one request at a time through the existing Generator, in the s
 
     .venv/bin/python benchmarks/serve.py [--checkpoint runs/demo/checkpoints] [--requests 32]
                                          [--max-tokens 64] [--clients 1 4 16]
+                                         [--peer-url URL [--peer-model M] | --peer-transformers]
+                                         [--rounds N]
 
 The model is the `make demo` checkpoint (exported to a temporary HF folder,
 as the server itself does), or with `--random` a model of the demo's shape
@@ -21,6 +23,16 @@ server (the machine is shared; the faster run counts). Baseline and server get t
 same torch thread count (--threads, 1 by default: on 2 cores the server's
 HTTP side needs the other one, and more intra-op threads than free cores
 slow a small model down).
+
+With a peer (any OpenAI-compatible API base `--peer-url http://host:port/v1`,
+or `--peer-transformers`: `transformers serve --continuous-batching` started
+here on the same HF folder, with the same thread count), the requests are
+greedy (temperature 0) for everyone, the baseline included, and the same
+clients run the same requests against our server and the peer, alternating
+which goes first, for `--rounds` rounds at each client count. Printed per
+target and client count, over all rounds: output tokens/s and TTFT p50/p99,
+the ratios ours/peer, and whether the peer's greedy text equals ours,
+request for request.
 """
 
 from __future__ import annotations
@@ -76,15 +88,26 @@ class Result:
     wall: float
     timings: list[Timing] = field(default_factory=list)
 
+    def tokens_per_s(self) -> float:
+        return sum(t.tokens for t in self.timings) / self.wall
+
+    def ttft(self) -> list[float]:
+        return [t.first - t.start for t in self.timings if t.first is not None]
+
+    @staticmethod
+    def merged(label: str, runs: list[Result]) -> Result:
+        """Several rounds as one: their walls added, their timings together."""
+        timings = [t for run in runs for t in run.timings]
+        return Result(label, sum(run.wall for run in runs), timings)
+
     def row(self, baseline_tps: float | None) -> str:
-        tokens = sum(t.tokens for t in self.timings)
-        ttft = [t.first - t.start for t in self.timings if t.first is not None]
+        ttft = self.ttft()
         gaps = [
             (t.last - t.first) / (t.tokens - 1)
             for t in self.timings
             if t.tokens > 1 and t.first is not None
         ]
-        tps = tokens / self.wall
+        tps = self.tokens_per_s()
         ratio = f"{tps / baseline_tps:5.2f}x" if baseline_tps else "    - "
         return (
             f"{self.label:<24} {len(self.timings) / self.wall:7.2f} {tps:9.1f} {ratio}"
@@ -135,11 +158,12 @@ def baseline(hf_dir: Path, requests: list[dict]) -> tuple[Result, list[Timing]]:
     for request in requests:
         timing = Timing(start=time.perf_counter())
         sampling = SamplingConfig(
-            temperature=1.0,
+            greedy=request["temperature"] == 0,
+            temperature=request["temperature"] or 1.0,
             top_p=1.0,
             repetition_penalty=1.0,
             max_new_tokens=request["max_tokens"],
-            seed=request["seed"],
+            seed=request.get("seed"),
         )
         result = generator.generate(
             backend.tokenizer.encode(request["prompt"]),
@@ -151,19 +175,18 @@ def baseline(hf_dir: Path, requests: list[dict]) -> tuple[Result, list[Timing]]:
     return Result("baseline", time.perf_counter() - start, timings), timings
 
 
-async def stream_one(
-    client: httpx2.AsyncClient, base_url: str, model: str, request: dict
-) -> Timing:
+async def stream_one(client: httpx2.AsyncClient, api: str, model: str, request: dict) -> Timing:
+    """One streamed /completions request to the API base `api` (…/v1)."""
     timing = Timing(start=time.perf_counter())
     body = {
         "model": model,
         **request,
-        "temperature": 1.0,
         "top_p": 1.0,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    async with client.stream("POST", f"{base_url}/v1/completions", json=body) as response:
+    pieces = 0
+    async with client.stream("POST", f"{api}/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: "):
@@ -175,15 +198,20 @@ async def stream_one(
             if chunk.get("usage"):
                 timing.tokens = chunk["usage"]["completion_tokens"]
             for choice in chunk["choices"]:
-                if choice["text"]:
+                if choice.get("text"):
                     timing.arrived()
                     timing.text += choice["text"]
-                if choice["finish_reason"]:
+                    pieces += 1
+                if choice.get("finish_reason"):
                     timing.finish = choice["finish_reason"]
+    # A peer that reports no usage: count its text chunks (one token each, as streamed).
+    timing.tokens = timing.tokens or pieces
     return timing
 
 
-def concurrent(base_url: str, model: str, requests: list[dict], clients: int) -> Result:
+def concurrent(
+    api: str, model: str, requests: list[dict], clients: int, who: str = "server"
+) -> Result:
     """`clients` concurrent streams, each client sending its share of the requests one
     after another.
 
@@ -196,7 +224,7 @@ def concurrent(base_url: str, model: str, requests: list[dict], clients: int) ->
 
     async def client(session: httpx2.AsyncClient, worker: int) -> None:
         for i in range(worker, len(requests), clients):
-            timings[i] = await stream_one(session, base_url, model, requests[i])
+            timings[i] = await stream_one(session, api, model, requests[i])
 
     async def run_all() -> float:
         limits = httpx2.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -207,7 +235,7 @@ def concurrent(base_url: str, model: str, requests: list[dict], clients: int) ->
             return time.perf_counter() - start
 
     wall = asyncio.run(run_all())
-    return Result(f"server, {clients:>2} clients", wall, timings)
+    return Result(f"{who}, {clients:>2} clients", wall, timings)
 
 
 def check_complete(result: Result, reference: list[Timing]) -> list[str]:
@@ -223,30 +251,111 @@ def check_complete(result: Result, reference: list[Timing]) -> list[str]:
     return problems
 
 
-def start_server(hf_dir: Path, max_batch: int, threads: int) -> tuple[subprocess.Popen, str]:
+def free_port() -> int:
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return probe.getsockname()[1]
+
+
+def wait_for(process: subprocess.Popen, url: str, what: str, within: float = 180) -> None:
+    """Until GET url answers 200; RuntimeError with the process's last words if it exits."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited: {process.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx2.get(url, timeout=1).status_code == 200:
+                return
+        except httpx2.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"{what} did not answer {url} within {within:.0f} s")
+
+
+def start_server(hf_dir: Path, max_batch: int, threads: int) -> tuple[subprocess.Popen, str]:
+    """`chatbaker serve` on the folder: (its process, its API base …/v1)."""
+    port = free_port()
     command = [
         sys.executable, "-m", "chatbaker_megatron.cli", "serve", "--hf", str(hf_dir),
         "--model-name", "bench", "--port", str(port), "--max-batch", str(max_batch),
         "--max-queue", "256", "--repetition-penalty", "1.0", "--threads", str(threads),
     ]  # fmt: skip
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited: {server.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx2.get(f"{base_url}/health", timeout=1).status_code == 200:
-                return server, base_url
-        except httpx2.HTTPError:
-            time.sleep(0.2)
-    server.kill()
-    raise RuntimeError("the server did not answer /health within 120 s")
+    wait_for(server, f"http://127.0.0.1:{port}/health", "chatbaker serve")
+    return server, f"http://127.0.0.1:{port}/v1"
+
+
+def start_transformers(hf_dir: Path, threads: int, rows: int) -> tuple[subprocess.Popen, str]:
+    """`transformers serve --continuous-batching` on the folder: (its process, API base).
+
+    Its paged KV cache is sized here (blocks of 32 tokens, room for `rows`
+    requests of 128 tokens each, prompt and reply): left to itself it sizes the
+    cache from the machine's memory (about 15 GB) and spends ~45 s on the first request."""
+    port = free_port()
+    blocks = max(64, rows * 128 // 32 * 2)
+    command = [
+        str(Path(sys.executable).parent / "transformers"), "serve", str(hf_dir),
+        "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--continuous-batching",
+        "--cb-block-size", "32", "--cb-num-blocks", str(blocks),
+        "--cb-max-batch-tokens", str(max(512, rows * 64)),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    peer = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for(peer, f"http://127.0.0.1:{port}/v1/models", "transformers serve")
+    return peer, f"http://127.0.0.1:{port}/v1"
+
+
+def peer_model(api: str) -> str:
+    """The first model the peer's GET /models lists."""
+    return httpx2.get(f"{api}/models", timeout=10).json()["data"][0]["id"]
+
+
+def same_text(ours: Result, peer: Result) -> list[str]:
+    """The requests whose greedy text differs between ours and the peer."""
+    return [
+        f"{peer.label}: request {i}: {theirs.text[:40]!r}..., ours {mine.text[:40]!r}..."
+        for i, (mine, theirs) in enumerate(zip(ours.timings, peer.timings))
+        if mine.text != theirs.text
+    ]
+
+
+def side_by_side(
+    args: argparse.Namespace, requests: list[dict], api: str, peer: str, model: str
+) -> tuple[list[Result], list[Result], list[str]]:
+    """Interleaved rounds, ours and the peer alternating which goes first: the merged
+    results per client count for each, and the differences in greedy text."""
+    ours: dict[int, list[Result]] = {c: [] for c in args.clients}
+    theirs: dict[int, list[Result]] = {c: [] for c in args.clients}
+    differences = []
+    for round_ in range(args.rounds):
+        for clients in args.clients:
+            order = [(ours, api, "bench", "server"), (theirs, peer, model, "peer")]
+            for runs, target, name, who in order[:: 1 if round_ % 2 == 0 else -1]:
+                runs[clients].append(concurrent(target, name, requests, clients, who))
+            differences += same_text(ours[clients][-1], theirs[clients][-1])
+    merged = [
+        [Result.merged(runs[c][0].label, runs[c]) for c in args.clients] for runs in (ours, theirs)
+    ]
+    return merged[0], merged[1], differences
+
+
+def print_side_by_side(ours: list[Result], theirs: list[Result], args: argparse.Namespace) -> None:
+    print(
+        f"\n{'clients':>7} | {'ours tok/s':>10} {'peer tok/s':>10} {'ratio':>6} |"
+        f" {'ours TTFT p50/p99 ms':>20} {'peer TTFT p50/p99 ms':>20} {'p99 ratio':>9}"
+    )
+    for clients, mine, peer in zip(args.clients, ours, theirs):
+        mine_ttft, peer_ttft = mine.ttft(), peer.ttft()
+        print(
+            f"{clients:>7} | {mine.tokens_per_s():10.1f} {peer.tokens_per_s():10.1f}"
+            f" {mine.tokens_per_s() / peer.tokens_per_s():5.2f}x |"
+            f" {pct(mine_ttft, 50):9.1f} / {pct(mine_ttft, 99):8.1f}"
+            f" {pct(peer_ttft, 50):9.1f} / {pct(peer_ttft, 99):8.1f}"
+            f" {pct(mine_ttft, 99) / pct(peer_ttft, 99):8.2f}x"
+        )
 
 
 def main() -> int:
@@ -260,7 +369,19 @@ def main() -> int:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads, baseline and server alike"
     )
+    peer = parser.add_mutually_exclusive_group()
+    peer.add_argument("--peer-url", default=None, help="an OpenAI-compatible API base to compare")
+    peer.add_argument(
+        "--peer-transformers",
+        action="store_true",
+        help="start `transformers serve --continuous-batching` on the same folder as the peer",
+    )
+    parser.add_argument("--peer-model", default=None, help="the peer's model (default: its first)")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds with a peer")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds={args.rounds}: expected >= 1")
+    with_peer = bool(args.peer_url or args.peer_transformers)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import torch
@@ -276,21 +397,43 @@ def main() -> int:
         else:
             print(f"model: {args.checkpoint} (make demo), exported to a temporary HF folder")
             hf_dir = export_demo(args.checkpoint, Path(tmp))
+        # Greedy with a peer (its sampler draws other numbers from the same seed).
+        sampling = {"temperature": 0} if with_peer else {"temperature": 1.0}
         requests = [
-            {"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": args.max_tokens, "seed": i}
+            {
+                "prompt": PROMPTS[i % len(PROMPTS)],
+                "max_tokens": args.max_tokens,
+                **sampling,
+                **({} if with_peer else {"seed": i}),
+            }
             for i in range(args.requests)
         ]
         print(
-            f"{args.requests} requests of up to {args.max_tokens} tokens, sampled (seed = i), "
-            f"{args.threads} torch thread(s) for the baseline and the server"
+            f"{args.requests} requests of up to {args.max_tokens} tokens, "
+            + ("greedy" if with_peer else "sampled (seed = i)")
+            + f", {args.threads} torch thread(s) for the baseline and the server"
+            + (" and the peer" if args.peer_transformers else "")
         )
         before, reference = baseline(hf_dir, requests)
-        server, base_url = start_server(hf_dir, max(args.clients), args.threads)
+        started = []
         try:
-            results = [concurrent(base_url, "bench", requests, c) for c in args.clients]
+            server, api = start_server(hf_dir, max(args.clients), args.threads)
+            started.append(server)
+            if with_peer:
+                if args.peer_transformers:
+                    process, peer_api = start_transformers(hf_dir, args.threads, max(args.clients))
+                    started.append(process)
+                else:
+                    peer_api = args.peer_url.rstrip("/")
+                model = args.peer_model or peer_model(peer_api)
+                print(f"peer: {peer_api} (model {model}), {args.rounds} interleaved round(s)")
+                results, peers, differences = side_by_side(args, requests, api, peer_api, model)
+            else:
+                results = [concurrent(api, "bench", requests, c) for c in args.clients]
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            for process in started:
+                process.terminate()
+                process.wait(timeout=30)
         # Run again after the server: the machine is shared, and the ratio is taken
         # against the faster of the two baseline runs.
         after, _ = baseline(hf_dir, requests)
@@ -305,13 +448,28 @@ def main() -> int:
         print(run.row(None))
     for result in results:
         print(result.row(base_tps))
-    problems = [p for result in results for p in check_complete(result, reference)]
+    if with_peer:
+        print_side_by_side(results, peers, args)
+        for difference in differences:
+            print(f"GREEDY TEXT DIFFERS {difference}")
+        print(
+            f"greedy text: the peer's equals ours in {args.rounds * len(args.clients)} x "
+            f"{len(requests)} requests"
+            if not differences
+            else f"greedy text: {len(differences)} of the peer's replies differ from ours"
+        )
+    # With rounds, a result holds each round's replies in turn.
+    problems = [
+        p
+        for result in results
+        for p in check_complete(result, reference * (len(result.timings) // len(reference)))
+    ]
     for problem in problems:
         print(f"MISMATCH {problem}")
     total = sum(t.tokens for t in reference)
     print("* the faster baseline run, the one the ratios are taken against")
     print(
-        f"\nchecked: {len(results)} x {len(requests)} streamed replies equal the baseline's "
+        f"\nchecked: {sum(len(r.timings) for r in results)} streamed replies equal the baseline's "
         f"({total} tokens each round), all ended with finish_reason and [DONE]"
         if not problems
         else f"\n{len(problems)} replies lost, cut off or different"

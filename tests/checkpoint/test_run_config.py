@@ -38,9 +38,13 @@ def test_relative_tokenizer_is_found_from_any_directory(tmp_path, monkeypatch):
     assert str(elsewhere) in message and "pass --tokenizer DIR" in message
 
 
-def test_chat_template_only_for_sft_runs(tmp_path):
+def test_chat_template_only_for_chat_runs(tmp_path):
     assert run_chat_template(tiny.run_config(tmp_path, tmp_path, "sft")) == "chatbaker"
     assert run_chat_template(tiny.run_config(tmp_path, tmp_path, "pretrain")) is None
+    # A DPO run trained with its own data.preference.template: chat and serve use it.
+    preference = tiny.run_config(tmp_path, tmp_path, "preference")
+    preference["data"]["preference"] = {"template": "vicuna_v1.1"}
+    assert run_chat_template(preference) == "vicuna_v1.1"
 
 
 def test_unknown_model_keys_are_refused():

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from chatbaker_megatron.convert.export_hf import export_hf
+from chatbaker_megatron.convert.model_card import render_model_card
 from tests.support import tiny_checkpoints as tiny
 
 # fp32 on both sides; only the summation order differs (TP splits the reductions).
@@ -143,4 +144,10 @@ def test_sft_export_ships_the_training_chat_template(exported):
     assert rendered_by_hf == render_prompt(
         template, messages, bos_token=ours.bos_token, eos_token=ours.eos_token
     )
-    assert "## Chat format" in (hf / "README.md").read_text()
+    card = (hf / "README.md").read_text()
+    assert "## Chat format" in card and "(chat model, SFT)\n" in card
+    # A DPO run's export (data.kind preference) says so in the title.
+    provenance = json.loads((hf / "chatbaker.json").read_text())
+    hf_config = json.loads((hf / "config.json").read_text())
+    dpo_card = render_model_card(provenance, hf_config, "preference", None)
+    assert "(chat model, SFT + preference tuning)\n" in dpo_card

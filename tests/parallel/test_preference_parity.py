@@ -5,7 +5,9 @@ one sequence each), fp32: the reference log-probs of the pre-pass, and the
 loss, grad norm, rewards and log-probs of 3 steps, and the weights after
 them must match one rank. RPO with label smoothing, so that every term of the
 loss (and RPO's batch-wide token count, reduced over DP) is on the path.
-All topologies run in one task on one 2-rank pool.
+The 2-rank topologies run in one task on one 2-rank pool; TP2 x PP2 x DP2
+with the distributed optimizer in one task on 8 ranks (8 ranks on 2 cores
+are slow: one run, and its pool closed after it).
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ CASES = {
         micro_batch_size=MICRO_BATCH, distributed_optimizer=True
     ),
 }
+THREE_D = ParallelConfig(
+    tp=2, sp=True, pp=2, micro_batch_size=MICRO_BATCH, distributed_optimizer=True
+)
 
 
 def train(cfg: ParallelConfig, init: dict[str, torch.Tensor] | None) -> dict:
@@ -115,22 +120,33 @@ def test_reference_starts_at_ln2_and_learns(reference):
     assert reward_accuracy > 0.5
 
 
+def assert_matches_reference(results: list[dict], reference: dict, case: str) -> None:
+    """Every rank's reference table, step figures and final weights equal one rank's."""
+    for rank, result in enumerate(results):
+        where = f"{case} rank {rank}"
+        torch.testing.assert_close(
+            result["reference"],
+            reference["reference"],
+            **LOSS_TOL,
+            msg=lambda m, w=where: f"{w} reference log-probs: {m}",
+        )
+        torch.testing.assert_close(
+            torch.tensor(result["steps"]),
+            torch.tensor(reference["steps"]),
+            atol=2e-5,
+            rtol=1e-5,
+            msg=lambda m, w=where: f"{w} loss, grad norm, rewards, log-probs: {m}",
+        )
+        assert_tensors_close(result["final"], reference["final"], where, WEIGHT_TOL)
+
+
 def test_topologies_match_single_rank(ranks, reference):
     results = ranks.run(2, train_topologies, CASES, reference["initial"])
-    for rank, by_case in enumerate(results):
-        for case, result in by_case.items():
-            where = f"{case} rank {rank}"
-            torch.testing.assert_close(
-                result["reference"],
-                reference["reference"],
-                **LOSS_TOL,
-                msg=lambda m, w=where: f"{w} reference log-probs: {m}",
-            )
-            torch.testing.assert_close(
-                torch.tensor(result["steps"]),
-                torch.tensor(reference["steps"]),
-                atol=2e-5,
-                rtol=1e-5,
-                msg=lambda m, w=where: f"{w} loss, grad norm, rewards, log-probs: {m}",
-            )
-            assert_tensors_close(result["final"], reference["final"], where, WEIGHT_TOL)
+    for case in CASES:
+        assert_matches_reference([by_case[case] for by_case in results], reference, case)
+
+
+def test_tp2_pp2_dp2_matches_single_rank(ranks, reference):
+    results = ranks.run(8, train, THREE_D, reference["initial"])
+    ranks.close(8)
+    assert_matches_reference(results, reference, "tp2_sp_pp2_dp2_distributed_optimizer")

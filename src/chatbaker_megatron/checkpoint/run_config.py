@@ -61,8 +61,10 @@ def run_tokenizer_dir(config: dict[str, Any], where: str) -> Path:
 
 
 def run_chat_template(config: dict[str, Any]) -> str | None:
-    """The chat template (a name or a YAML path) an SFT run trained with; None for pretraining."""
+    """The chat template (a name or a YAML path) an SFT or preference (DPO) run trained
+    with; None for pretraining."""
     data = config.get("data") or {}
-    if data.get("kind") != "sft":
+    kind = data.get("kind")
+    if kind not in ("sft", "preference"):
         return None
-    return (data.get("sft") or {}).get("template") or "chatbaker"
+    return (data.get(kind) or {}).get("template") or "chatbaker"

@@ -120,7 +120,7 @@ def export_hf(
             bos_token=tokenizer.bos_token,
             eos_token=tokenizer.eos_token,
         )
-    kind = "sft" if template is not None else "pretrain"
+    kind = (config.get("data") or {}).get("kind", "pretrain")  # the model card's title
     (staging / "README.md").write_text(
         render_model_card(provenance, hf_config, kind, chat_prompt), encoding="utf-8"
     )

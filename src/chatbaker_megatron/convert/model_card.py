@@ -67,13 +67,17 @@ def _format(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
+# The title's words for a run's data.kind (a pretraining run: "pretrained LM").
+CARD_KINDS = {"sft": "chat model, SFT", "preference": "chat model, SFT + preference tuning"}
+
+
 def render_model_card(
     provenance: dict[str, Any], hf_config: dict[str, Any], kind: str, chat_prompt: str | None
 ) -> str:
     """README.md of the exported model."""
     config = provenance.get("config") or {}
     name = (config.get("model") or {}).get("name") or config.get("name") or "chatbaker"
-    title = f"ChatBaker {name} ({'chat model, SFT' if kind == 'sft' else 'pretrained LM'})"
+    title = f"ChatBaker {name} ({CARD_KINDS.get(kind, 'pretrained LM')})"
     state = provenance.get("train_state") or {}
     metrics = provenance.get("metrics") or {}
     rows = [

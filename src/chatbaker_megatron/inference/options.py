@@ -10,7 +10,8 @@ from chatbaker_megatron.inference.backends import Backend
 from chatbaker_megatron.inference.sampling import SamplingConfig
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
+    """--checkpoint | --hf (the group, for a command with another source), and their options."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--checkpoint", help="training checkpoint dir (or checkpoints dir with `latest`)"
@@ -27,6 +28,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="check inputs first: blocklist:PATH or package.module:factory (default: off)",
     )
+    return source
 
 
 def add_template_arguments(parser: argparse.ArgumentParser) -> None:

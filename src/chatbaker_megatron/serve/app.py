@@ -15,8 +15,13 @@ Every error is OpenAI's body {"error": {"message", "type", "param", "code"}}
 code `content_filter` for an input the filter refused (the model never sees
 it), 401 for a missing or wrong key (when the server has --api-key), 404 for
 an unknown model, 413 for a body over --max-body-bytes, 429 when the engine
-holds all it may, 500 when generating this request failed, 503 when the
-moderation service cannot be reached.
+holds all it may or the key is over its --rate-limit (with Retry-After), 500
+when generating this request failed, 503 when the moderation service cannot
+be reached.
+
+With `--upstream` the same routes, checks, screening, keys, rate limits and
+request log stand in front of another OpenAI-compatible engine
+(serve/upstream.py, which adds 502/503/504 for the upstream failing).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -46,7 +52,7 @@ from chatbaker_megatron.inference.filters import InputFilter
 from chatbaker_megatron.inference.sampling import SamplingConfig
 from chatbaker_megatron.serve.engine import Engine, GenerationRequest, QueueFull
 from chatbaker_megatron.serve.errors import APIError, error_response, validation_error
-from chatbaker_megatron.serve.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
+from chatbaker_megatron.serve.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit, RateLimit
 from chatbaker_megatron.serve.logprobs import chat_logprobs, completion_logprobs
 from chatbaker_megatron.serve.moderation import ModerationUnavailable
 from chatbaker_megatron.serve.request_log import RequestLog
@@ -55,6 +61,7 @@ from chatbaker_megatron.serve.schemas import (
     CompletionRequest,
     SamplingFields,
 )
+from chatbaker_megatron.serve.upstream import Relayed, Upstream
 
 STATIC_DIR = Path(__file__).parent / "static"
 log = logging.getLogger("chatbaker.serve")
@@ -121,30 +128,47 @@ def _one_or_all(values: list[Any]) -> Any:
 
 
 def create_app(
-    engine: Engine,
-    served: ServedModel,
+    engine: Engine | Upstream,
+    served: ServedModel | str,
     *,
     api_keys: tuple[str, ...] = (),
     filters: tuple[InputFilter, ...] = (),
     request_log: RequestLog | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    rate_limit: RateLimit | None = None,
+    moderate_output: bool = False,
 ) -> FastAPI:
-    """The API over a started-on-startup engine (uvicorn's lifespan starts and stops it)."""
+    """The API over a started-on-startup engine (uvicorn's lifespan starts and stops it),
+    or over an upstream engine; `served` is then only the model id the routes answer to.
+
+    `rate_limit`: per API key (per client address on an open server).
+    `moderate_output`: the filters also screen the upstream's replies."""
+    upstream = engine if isinstance(engine, Upstream) else None
+    local = served if isinstance(served, ServedModel) else None
+    if (upstream is None) != (local is not None):
+        raise TypeError("create_app: an Engine goes with a ServedModel, an Upstream with an id")
+    if moderate_output and upstream is None:
+        raise ValueError("--moderate-output: only with --upstream")
+    model_id = served if isinstance(served, str) else served.model_id
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine.start()
+        if isinstance(engine, Engine):
+            engine.start()
         yield
-        engine.stop()
+        if isinstance(engine, Engine):
+            engine.stop()
+        else:
+            await engine.aclose()
         if request_log is not None:
             request_log.close()
 
     app = FastAPI(title="chatbaker serve", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.engine, app.state.served = engine, served
+    app.state.engine, app.state.served, app.state.model_id = engine, served, model_id
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     created = int(time.time())
-    vocab = served.tokenizer.vocab_size
+    vocab = local.tokenizer.vocab_size if local is not None else None
 
     @app.exception_handler(APIError)
     async def on_api_error(request: Request, err: APIError) -> JSONResponse:
@@ -159,9 +183,10 @@ def create_app(
         kind = "not_found" if err.status_code == 404 else None
         return error_response(APIError(err.status_code, str(err.detail), code=kind))
 
-    def require_key(request: Request) -> None:
+    def require_key(request: Request) -> str:
+        """The caller: its API key, or its address on an open server."""
         if not api_keys:
-            return
+            return request.client.host if request.client else ""
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or key.strip() not in api_keys:
             raise APIError(
@@ -170,25 +195,39 @@ def create_app(
                 "with a key the server was started with (--api-key)",
                 code="invalid_api_key",
             )
+        return key.strip()
+
+    def limit_rate(caller: str = Depends(require_key)) -> None:
+        wait = rate_limit.take(caller) if rate_limit is not None else None
+        if wait is not None:
+            seconds = max(1, math.ceil(wait))
+            raise APIError(
+                429,
+                f"rate limit of {rate_limit.rate * 60:g} requests a minute per key reached "
+                f"(--rate-limit): retry after {seconds} s",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(seconds)},
+            )
 
     def unknown_model(model: str) -> APIError:
         return APIError(
             404,
-            f"model {model!r} is not served here; GET /v1/models lists {served.model_id!r}",
+            f"model {model!r} is not served here; GET /v1/models lists {model_id!r}",
             param="model",
             code="model_not_found",
         )
 
     def check_request(body: SamplingFields) -> None:
         """The model exists, every field given is implemented, token ids are in the vocabulary."""
-        if body.model != served.model_id:
+        if body.model != model_id:
             raise unknown_model(body.model)
         refused = body.refused_field()
         if refused is not None:
             field, reason = refused
             raise APIError(400, f"{field}: {reason}", param=field, code="unsupported_parameter")
         for token in body.logit_bias or {}:
-            if int(token) >= vocab:
+            if vocab is not None and int(token) >= vocab:
                 raise APIError(
                     400,
                     f"logit_bias: token id {token} is not in the vocabulary (0..{vocab - 1})",
@@ -220,45 +259,128 @@ def create_app(
             **extra,
         )
 
+    async def objection(text: str) -> str | None:
+        """The first filter's reason to refuse `text`, or None; 503 when moderation is down."""
+        for input_filter in filters:
+            try:
+                reason = await run_in_threadpool(input_filter.check, text)
+            except ModerationUnavailable as err:
+                raise APIError(
+                    503, str(err), type="server_error", code="moderation_unavailable"
+                ) from None
+            if reason is not None:
+                return reason
+        return None
+
     async def screen(kind: str, request: Request, texts: list[str], given: Any) -> None:
         """Run every filter on every text; refuse the request at the first objection."""
         for text in texts:
-            for input_filter in filters:
+            reason = await objection(text)
+            if reason is not None:
+                log.warning("refused an input: %s", reason)
+                log_exchange(kind, request, given, refused=reason)
+                raise APIError(
+                    400,
+                    f"Your message was not sent to the model: {reason}.",
+                    param="messages" if kind == "chat" else "prompt",
+                    code="content_filter",
+                )
+
+    async def output_objection(text: str) -> str | None:
+        """Output moderation: a reply the filters object to (or cannot judge) is cut."""
+        try:
+            return await objection(text)
+        except APIError as err:
+            return err.body["error"]["message"]
+
+    async def forward(
+        kind: str, body: ChatCompletionRequest | CompletionRequest, request: Request, given: Any
+    ) -> Any:
+        """The request as the upstream answers it, relayed (streamed chunk by chunk or not)."""
+        assert upstream is not None
+        chat = kind == "chat"
+        path = "/chat/completions" if chat else "/completions"
+        payload = body.model_dump(exclude_unset=True)
+        screening = output_objection if moderate_output else None
+        try:
+            if body.stream:
+                response, lines = await upstream.open_stream(path, payload)
+            else:
+                reply = await upstream.complete(path, payload, model_id)
+        except APIError as err:
+            log_exchange(kind, request, given, error=err.body["error"]["message"])
+            raise
+        if body.stream:
+            sent = Relayed()
+
+            def delta_text(chunk: dict[str, Any]) -> str:
+                choice = (chunk.get("choices") or [{}])[0]
+                piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+                return piece or ""
+
+            async def events() -> AsyncIterator[str]:
                 try:
-                    reason = await run_in_threadpool(input_filter.check, text)
-                except ModerationUnavailable as err:
-                    raise APIError(
-                        503, str(err), type="server_error", code="moderation_unavailable"
-                    ) from None
-                if reason is not None:
-                    log.warning("refused an input: %s", reason)
-                    log_exchange(kind, request, given, refused=reason)
-                    raise APIError(
-                        400,
-                        f"Your message was not sent to the model: {reason}.",
-                        param="messages" if kind == "chat" else "prompt",
-                        code="content_filter",
+                    relay = upstream.relay(response, lines, model_id, delta_text, screening, sent)
+                    async for event in relay:
+                        yield event
+                finally:
+                    extra = {"error": sent.error} if sent.error else {}
+                    log_exchange(
+                        kind,
+                        request,
+                        given,
+                        output=sent.text,
+                        usage=sent.usage,
+                        finish_reason=sent.finish_reason or "cancelled",
+                        **extra,
+                        **sent.extra,
                     )
 
+            return StreamingResponse(events(), media_type="text/event-stream")
+        texts, refused = [], {}
+        for choice in reply["choices"]:
+            text = (choice.get("message") or {}).get("content") if chat else choice.get("text")
+            reason = await screening(text) if screening is not None and text else None
+            if reason is not None:
+                refused[choice.get("index", 0)] = reason
+                text, choice["finish_reason"] = "", "content_filter"
+                choice["message" if chat else "text"] = (
+                    {"role": "assistant", "content": ""} if chat else ""
+                )
+            texts.append(text or "")
+        log_exchange(
+            kind,
+            request,
+            given,
+            output=_one_or_all(texts),
+            usage=reply.get("usage"),
+            finish_reason=_one_or_all([c.get("finish_reason") for c in reply["choices"]]),
+            **({"refused_output": _one_or_all(list(refused.values()))} if refused else {}),
+        )
+        return reply
+
     def too_long(tokens: int, field: str, counted: str = "tokens") -> APIError:
+        assert local is not None
         return APIError(
             400,
             f"the prompt has {tokens} {counted}; the model attends over "
-            f"{served.max_length} tokens, so nothing can be generated: shorten the {field}",
+            f"{local.max_length} tokens, so nothing can be generated: shorten the {field}",
             param=field,
             code="context_length_exceeded",
         )
 
     def check_chars(texts: list[str], field: str) -> None:
         """Refuse, without tokenising, a text that cannot fit the context in any tokenisation."""
+        if local is None:
+            return  # the upstream knows its own context length
         chars = sum(len(text) for text in texts)
-        if chars > served.max_length * served.longest_token_bytes:
+        if chars > local.max_length * local.longest_token_bytes:
             raise too_long(chars, field, "characters")
 
     def submit(jobs: list[GenerationRequest], field: str) -> None:
         loop = asyncio.get_running_loop()
         for job in jobs:
-            if len(job.prompt_ids) >= served.max_length:
+            if local is not None and len(job.prompt_ids) >= local.max_length:
                 raise too_long(len(job.prompt_ids), field)
             job.loop, job.events = loop, asyncio.Queue()
         try:
@@ -345,11 +467,11 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": served.model_id, **engine.state()}
+        return {"status": "ok", "model": model_id, **engine.state()}
 
     def model_card() -> dict[str, Any]:
         return {
-            "id": served.model_id,
+            "id": model_id,
             "object": "model",
             "created": created,
             "owned_by": "chatbaker",
@@ -361,11 +483,11 @@ def create_app(
 
     @app.get("/v1/models/{model:path}", dependencies=[Depends(require_key)])
     async def model(model: str) -> dict[str, Any]:
-        if model != served.model_id:
+        if model != model_id:
             raise unknown_model(model)
         return model_card()
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
+    @app.post("/v1/chat/completions", dependencies=[Depends(limit_rate)])
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         check_request(body)
         request.state.user = body.user
@@ -375,6 +497,9 @@ def create_app(
         await screen(
             "chat", request, [m.text() for m in body.messages if m.role != "assistant"], given
         )
+        if local is None:
+            return await forward("chat", body, request, given)
+        served = local
         messages = [Message(m.role, text) for m, text in zip(body.messages, texts)]
         if served.system is not None and messages[0].role != "system":
             messages = [Message("system", served.system), *messages]
@@ -446,8 +571,9 @@ def create_app(
         }
 
     async def prompt_ids_of(prompt: str | list[int], index: int) -> list[int]:
+        assert local is not None and vocab is not None
         if isinstance(prompt, str):
-            return await run_in_threadpool(served.tokenizer.encode, prompt)
+            return await run_in_threadpool(local.tokenizer.encode, prompt)
         bad = [t for t in prompt if not 0 <= t < vocab]
         if bad:
             raise APIError(
@@ -457,7 +583,7 @@ def create_app(
             )
         return list(prompt)
 
-    @app.post("/v1/completions", dependencies=[Depends(require_key)])
+    @app.post("/v1/completions", dependencies=[Depends(limit_rate)])
     async def completions(body: CompletionRequest, request: Request):
         check_request(body)
         request.state.user = body.user
@@ -466,6 +592,9 @@ def create_app(
         texts = [p for p in prompts if isinstance(p, str)]
         check_chars(texts, "prompt")
         await screen("completion", request, texts, body.prompt)
+        if local is None:
+            return await forward("completion", body, request, given)
+        served = local
         given_ids = [await prompt_ids_of(p, i) for i, p in enumerate(prompts)]
         stops = ((), body.stop_strings())
         scoring = body.logprobs is not None

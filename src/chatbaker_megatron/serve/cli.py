@@ -6,6 +6,10 @@ cache, which megatron's static inference context does not offer), so
 code; --hf is loaded as it is. The sampling options are the defaults for
 the fields a request leaves out; as in OpenAI's API, no repetition penalty
 unless --repetition-penalty (or a request's `repetition_penalty`) asks for one.
+
+--upstream URL serves no model here: the same routes forward to another
+OpenAI-compatible engine (vLLM, SGLang, TGI, `transformers serve`), see
+serve/upstream.py; the model options then do not apply.
 """
 
 from __future__ import annotations
@@ -30,13 +34,56 @@ from chatbaker_megatron.inference.options import (
 )
 from chatbaker_megatron.serve.app import ServedModel, create_app
 from chatbaker_megatron.serve.engine import Engine
-from chatbaker_megatron.serve.limits import DEFAULT_MAX_BODY_BYTES, longest_token_bytes
+from chatbaker_megatron.serve.limits import (
+    DEFAULT_MAX_BODY_BYTES,
+    RateLimit,
+    longest_token_bytes,
+)
 from chatbaker_megatron.serve.moderation import ModerationFilter
 from chatbaker_megatron.serve.request_log import RequestLog
+from chatbaker_megatron.serve.upstream import Upstream, upstream_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
+    source = add_model_arguments(parser)
+    source.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="serve no model here: forward to the OpenAI-compatible engine at URL "
+        "(http://host:port/v1), behind the same keys, limits, screening and log",
+    )
+    parser.add_argument(
+        "--upstream-model",
+        default=None,
+        help="with --upstream: the model to ask it for (default: the first it lists)",
+    )
+    parser.add_argument("--upstream-key", default=None, help="with --upstream: its API key")
+    parser.add_argument(
+        "--upstream-timeout",
+        type=float,
+        default=60.0,
+        help="with --upstream: seconds to wait for its answer (for a stream: each chunk); then 504",
+    )
+    parser.add_argument(
+        "--moderate-output",
+        action="store_true",
+        help="with --upstream: the input filters also screen the replies "
+        "(a refused reply ends with finish_reason content_filter)",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        type=float,
+        default=None,
+        metavar="PER_MINUTE",
+        help="requests a minute per API key (per client address without keys); "
+        "more get 429 with Retry-After (default: no limit)",
+    )
+    parser.add_argument(
+        "--rate-burst",
+        type=int,
+        default=None,
+        help="requests a key may send at once within its rate (default: the rate)",
+    )
     add_template_arguments(parser)
     parser.add_argument(
         "--model-name", default=None, help="the id /v1/models lists (default: the folder's name)"
@@ -113,6 +160,24 @@ def build_app(args: argparse.Namespace) -> FastAPI:
         filters.append(
             ModerationFilter(args.moderation_url, args.moderation_key, args.moderation_model)
         )
+    shared = {
+        "api_keys": tuple(args.api_key),
+        "filters": tuple(filters),
+        "request_log": RequestLog(args.request_log) if args.request_log else None,
+        "max_body_bytes": args.max_body_bytes,
+        "rate_limit": RateLimit(args.rate_limit, args.rate_burst) if args.rate_limit else None,
+    }
+    if args.upstream:
+        model = args.upstream_model or upstream_model(args.upstream, args.upstream_key)
+        upstream = Upstream(args.upstream, model, args.upstream_key, args.upstream_timeout)
+        return create_app(
+            upstream,
+            args.model_name or model,
+            moderate_output=args.moderate_output,
+            **shared,
+        )
+    if args.moderate_output:
+        raise ValueError("--moderate-output: only with --upstream")
     backend, name = _load_model(args)
     template = chat_template(args, backend)
     stop_ids, stop_strings = turn_stops(template, backend.tokenizer)
@@ -134,15 +199,7 @@ def build_app(args: argparse.Namespace) -> FastAPI:
         longest_token_bytes=longest_token_bytes(backend.tokenizer),
         system=args.system,
     )
-    request_log = RequestLog(args.request_log) if args.request_log else None
-    return create_app(
-        engine,
-        served,
-        api_keys=tuple(args.api_key),
-        filters=tuple(filters),
-        request_log=request_log,
-        max_body_bytes=args.max_body_bytes,
-    )
+    return create_app(engine, served, **shared)
 
 
 def banner(base: str, model_id: str, keyed: bool) -> str:
@@ -165,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, NotADirectoryError, ValueError) as err:
         # A bad path or value is the user's to fix: one line naming it, no traceback.
         sys.exit(f"chatbaker serve: {err}")
-    print(banner(f"http://{args.host}:{args.port}", app.state.served.model_id, bool(args.api_key)))
+    print(banner(f"http://{args.host}:{args.port}", app.state.model_id, bool(args.api_key)))
     sys.stdout.flush()
     uvicorn.run(
         app,

@@ -23,14 +23,16 @@ class APIError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers
         self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 def error_response(err: APIError) -> JSONResponse:
-    return JSONResponse(err.body, status_code=err.status)
+    return JSONResponse(err.body, status_code=err.status, headers=err.headers)
 
 
 # pydantic's tags for the members of a union (`str`, `list[str]`) inside an error's location.

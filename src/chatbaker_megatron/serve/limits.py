@@ -17,12 +17,14 @@ is refused without tokenising it.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from chatbaker_megatron.data.tokenizer.load import ChatBakerTokenizer
 from chatbaker_megatron.serve.logprobs import token_bytes
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: about 300k Korean characters
+MAX_BUCKETS = 10_000  # rate-limit buckets kept before the full ones are forgotten
 
 
 def _too_large(limit: int) -> bytes:
@@ -83,3 +85,32 @@ class BodyLimit:
 def longest_token_bytes(tokenizer: ChatBakerTokenizer) -> int:
     """The most bytes any one token stands for."""
     return max(len(token_bytes(tokenizer, token)) for token in range(tokenizer.vocab_size))
+
+
+class RateLimit:
+    """Per-key token buckets: `per_minute` requests a minute, in bursts of up to `burst`.
+
+    `take(key)` spends one token of that key's bucket: None when there was one,
+    else the seconds until there is (for a 429's Retry-After)."""
+
+    def __init__(self, per_minute: float, burst: int | None = None) -> None:
+        if per_minute <= 0:
+            raise ValueError(f"--rate-limit={per_minute}: expected > 0 requests a minute")
+        self.rate = per_minute / 60.0
+        self.burst = float(burst if burst is not None else max(1, round(per_minute)))
+        if self.burst < 1:
+            raise ValueError(f"--rate-burst={burst}: expected >= 1")
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+
+    def take(self, key: str, now: float | None = None) -> float | None:
+        now = time.monotonic() if now is None else now
+        if len(self._buckets) > MAX_BUCKETS:  # many client addresses: forget the full buckets
+            full = self.burst / self.rate
+            self._buckets = {k: b for k, b in self._buckets.items() if now - b[1] < full}
+        tokens, at = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens < 1:
+            self._buckets[key] = (tokens, now)
+            return (1 - tokens) / self.rate
+        self._buckets[key] = (tokens - 1, now)
+        return None

@@ -41,11 +41,10 @@ from chatbaker_megatron.training.preference_loss import (
     pair_losses,
     report_sums,
 )
+from chatbaker_megatron.training.preference_report import reference_paths
 from chatbaker_megatron.training.step import Objective, eval_step
 
 log = logging.getLogger(__name__)
-
-REFERENCE_FILE = "reference_logps"
 
 
 def _sequence_logps(
@@ -196,11 +195,6 @@ class PreferenceTraining:
         """Reward accuracy, margin, rewards and log-probs of a step's (or a validation's)
         sums over `pairs` pairs."""
         return figures(sums, pairs, prefix) if pairs else {}
-
-
-def reference_paths(run_dir: str) -> tuple[str, str]:
-    base = os.path.join(run_dir, REFERENCE_FILE)
-    return f"{base}.npy", f"{base}.json"
 
 
 def _identity(cfg: Any, datasets: list[PreferenceDataset]) -> dict[str, Any]:

@@ -7,7 +7,12 @@ pairs (`reference_logps.npy`, the pre-pass): how often it already finds the
 chosen reply likelier (logps accuracy). Its DPO reward accuracy is 0 by
 definition (policy = reference: every reward is 0, no pair is won).
 After: the last validation row of `metrics.jsonl` (the trained policy
-against that reference on the same held-out pairs).
+against that reference on the held-out pairs that validation read: train.eval_iters
+global batches, going on round the held-out set from one validation to the next).
+
+Also where a run keeps its reference log-probs (`reference_paths`, used by
+training/preference.py). Imports neither torch nor megatron: the report is
+instant and prints nothing but its figures.
 """
 
 from __future__ import annotations
@@ -17,13 +22,21 @@ import os
 import sys
 
 import numpy as np
+import yaml
 
-from chatbaker_megatron.training.preference import reference_paths
+REFERENCE_FILE = "reference_logps"
+
+
+def reference_paths(run_dir: str) -> tuple[str, str]:
+    """The run's reference log-probs (float64 [pairs, 2]) and what they were computed for."""
+    base = os.path.join(run_dir, REFERENCE_FILE)
+    return f"{base}.npy", f"{base}.json"
 
 
 def report(run_dir: str) -> str:
     values, meta = reference_paths(run_dir)
-    for path in (values, meta, os.path.join(run_dir, "metrics.jsonl")):
+    metrics, config = (os.path.join(run_dir, name) for name in ("metrics.jsonl", "config.yaml"))
+    for path in (values, meta, metrics, config):
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"{path}: not found; is {run_dir} a preference run (train=dpo)?"
@@ -33,17 +46,23 @@ def report(run_dir: str) -> str:
     if not held_out:
         raise ValueError(f"{run_dir}: no held-out pairs (data.preference.valid_fraction=0)")
     reference = np.load(values)[held_out]
-    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+    with open(metrics, encoding="utf-8") as f:
         valid = [row for row in map(json.loads, f) if "valid_reward_accuracy" in row]
     if not valid:
         raise ValueError(f"{run_dir}/metrics.jsonl: no validation row (train.eval_interval=0?)")
     after = valid[-1]
+    with open(config, encoding="utf-8") as f:
+        train = yaml.safe_load(f)["train"]
+    # A validation reads eval_iters global batches, going on round the held-out set.
+    per_validation = train["eval_iters"] * train["global_batch_size"]
     return "\n".join(
         [
-            f"held-out pairs: {len(held_out)}",
-            f"before (SFT): logps accuracy {np.mean(reference[:, 0] > reference[:, 1]):.1%}, "
+            f"held-out pairs: {len(held_out)} (a validation reads {per_validation}: "
+            "train.eval_iters x global_batch_size, going on round them)",
+            f"before (SFT, all {len(held_out)}): logps accuracy "
+            f"{np.mean(reference[:, 0] > reference[:, 1]):.1%}, "
             "reward accuracy 0.0% (policy = reference)",
-            f"after (iteration {after['iteration']}): logps accuracy "
+            f"after (iteration {after['iteration']}, its validation): logps accuracy "
             f"{after['valid_logps_accuracy']:.1%}, reward accuracy "
             f"{after['valid_reward_accuracy']:.1%}, reward margin {after['valid_reward_margin']:.3f}",
         ]
