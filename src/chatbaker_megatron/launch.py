@@ -37,6 +37,8 @@ from typing import Any
 
 import yaml
 
+from chatbaker_megatron.stop_signals import STOP_FILE_ENV
+
 log = logging.getLogger(__name__)
 
 TRAIN_MODULE = "chatbaker_megatron.train"
@@ -65,9 +67,6 @@ TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 # The exit code of a run stopped by a second Ctrl-C, without a final checkpoint (128 + SIGINT).
 FORCED_STOP_CODE = 130
-# The file whose existence asks the ranks to stop with a checkpoint: the
-# launcher writes it on a stop signal, the sbatch from its trap on SLURM's warning.
-STOP_FILE_ENV = "CHATBAKER_STOP_FILE"
 # Where a rank that hit an error no restart can heal writes its one line
 # (first rank wins) before it ends the job: the launcher prints it last.
 FATAL_ERROR_FILE = "fatal_error.txt"

@@ -109,15 +109,11 @@ def _setup_logging(run_dir: str) -> None:
     logging.getLogger("megatron").setLevel(logging.WARNING)
 
 
-def _checkpoint_root(run: RunConfig, run_dir: str) -> str:
-    return run.checkpoint.dir or os.path.join(run_dir, "checkpoints")
-
-
 def _job_locks(run: RunConfig, run_dir: str) -> list[RunLock]:
     """The run dir's lock, then the checkpoint dir's (two run dirs may share one)."""
     locks = [RunLock(run_dir)]
     try:
-        locks.append(RunLock(_checkpoint_root(run, run_dir), "checkpoint dir"))
+        locks.append(RunLock(run.checkpoint_dir, "checkpoint dir"))
     except RunDirLockedError:
         locks[0].close()
         raise
@@ -135,7 +131,7 @@ def _check_init_from(run: RunConfig, run_dir: str) -> None:
     """`train.init_from` must exist when the run starts from it (no checkpoint to resume)."""
     init_from = run.train.init_from
     resumes = run.checkpoint.auto_resume and os.path.exists(
-        os.path.join(_checkpoint_root(run, run_dir), "latest")
+        os.path.join(run.checkpoint_dir, "latest")
     )
     if init_from and not resumes and not os.path.exists(init_from):
         _remove_if_empty(run_dir)
@@ -207,7 +203,7 @@ def main(cfg: DictConfig) -> None:
         from chatbaker_megatron.training import dry_run
 
         sys.exit(dry_run.run(run, _dry_run.ranks, _dry_run.json))
-    run_dir = HydraConfig.get().runtime.output_dir
+    run_dir = run.run_dir = HydraConfig.get().runtime.output_dir
     if not under_torchrun():
         _launch(run, run_dir)
         return
@@ -217,7 +213,6 @@ def main(cfg: DictConfig) -> None:
     from chatbaker_megatron.training.failures import DETERMINISTIC_ERRORS, end_job
     from chatbaker_megatron.training.trainer import train
 
-    run.run_dir = run_dir
     os.makedirs(run_dir, exist_ok=True)
     _setup_logging(run_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -238,7 +233,7 @@ def main(cfg: DictConfig) -> None:
         "done at iteration %d. Metrics: %s  Checkpoints: %s",
         state["iteration"],
         os.path.join(run_dir, "metrics.jsonl"),
-        run.checkpoint.dir or os.path.join(run_dir, "checkpoints"),
+        run.checkpoint_dir,
     )
 
 

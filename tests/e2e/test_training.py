@@ -20,7 +20,7 @@ from chatbaker_megatron.checkpoint.layout import latest_checkpoint
 from chatbaker_megatron.checkpoint.state import read_common
 from chatbaker_megatron.config.compose import compose
 from chatbaker_megatron.model.sharding import full_state
-from chatbaker_megatron.training.trainer import Trainer, checkpoint_dir
+from chatbaker_megatron.training.trainer import Trainer
 
 STEPS = 6
 # fp32 on the real data; the curves differ only in reduction order.
@@ -214,7 +214,7 @@ def test_eight_ranks_and_resharding(ranks, data_root, seed_ckpt, reference, tmp_
 
 def test_checkpoint_dir_default(data_root, tmp_path):
     cfg = compose(base_overrides(data_root, str(tmp_path), 2))
-    assert checkpoint_dir(cfg) == os.path.join(str(tmp_path), "checkpoints")
+    assert cfg.checkpoint_dir == os.path.join(str(tmp_path), "checkpoints")
 
 
 def test_refused_resume_keeps_the_records_and_resume_keeps_one_row_per_iteration(

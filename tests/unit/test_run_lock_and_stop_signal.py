@@ -16,7 +16,7 @@ from chatbaker_megatron.run_lock import (
     RunLock,
     held_by_launcher,
 )
-from chatbaker_megatron.training.trainer import _StopSignal
+from chatbaker_megatron.stop_signals import StopRequest
 
 
 def test_second_lock_names_the_holder_and_the_first_release_frees_it(tmp_path):
@@ -50,7 +50,7 @@ def restore_handlers():
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
 def test_a_stop_signal_is_recorded_not_raised(sig, restore_handlers):
-    stop = _StopSignal()
+    stop = StopRequest()
     os.kill(os.getpid(), sig)
     assert stop.received == sig
     # Repeats of SIGTERM/SIGUSR1 (SLURM may send both, torchrun forwards again) never force.
@@ -61,7 +61,7 @@ def test_a_stop_signal_is_recorded_not_raised(sig, restore_handlers):
 
 @pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM])
 def test_a_second_signal_after_ctrl_c_forces(second, restore_handlers):
-    stop = _StopSignal()
+    stop = StopRequest()
     os.kill(os.getpid(), signal.SIGINT)
     assert stop.received == signal.SIGINT
     with pytest.raises(KeyboardInterrupt):
@@ -69,26 +69,28 @@ def test_a_second_signal_after_ctrl_c_forces(second, restore_handlers):
 
 
 def test_two_run_dirs_sharing_a_checkpoint_dir_are_refused(tmp_path):
-    from types import SimpleNamespace
-
+    from chatbaker_megatron.config.checkpoint import CheckpointConfig
+    from chatbaker_megatron.config.schema import RunConfig
     from chatbaker_megatron.train import _job_locks
 
+    def run(name: str, checkpoint_dir: str | None) -> RunConfig:
+        return RunConfig(
+            run_dir=str(tmp_path / name), checkpoint=CheckpointConfig(dir=checkpoint_dir)
+        )
+
     shared = str(tmp_path / "shared_checkpoints")
-    first = _job_locks(SimpleNamespace(checkpoint=SimpleNamespace(dir=shared)), str(tmp_path / "a"))
+    first = _job_locks(run("a", shared), str(tmp_path / "a"))
     with pytest.raises(
         RunDirLockedError, match=rf"checkpoint dir {shared} is in use.*checkpoint\.dir="
     ):
-        _job_locks(SimpleNamespace(checkpoint=SimpleNamespace(dir=shared)), str(tmp_path / "b"))
+        _job_locks(run("b", shared), str(tmp_path / "b"))
     # The refused job released its run dir's lock again.
     RunLock(str(tmp_path / "b")).close()
     # The default checkpoint dir (<run_dir>/checkpoints) is locked too: a run pointing
     # checkpoint.dir at another run's default is refused.
-    other = _job_locks(SimpleNamespace(checkpoint=SimpleNamespace(dir=None)), str(tmp_path / "c"))
+    other = _job_locks(run("c", None), str(tmp_path / "c"))
     with pytest.raises(RunDirLockedError, match="checkpoint dir"):
-        _job_locks(
-            SimpleNamespace(checkpoint=SimpleNamespace(dir=str(tmp_path / "c" / "checkpoints"))),
-            str(tmp_path / "d"),
-        )
+        _job_locks(run("d", str(tmp_path / "c" / "checkpoints")), str(tmp_path / "d"))
     for lock in first + other:
         lock.close()
 
@@ -96,7 +98,7 @@ def test_two_run_dirs_sharing_a_checkpoint_dir_are_refused(tmp_path):
 def test_the_stop_file_requests_a_stop(tmp_path, monkeypatch, restore_handlers):
     stop_file = tmp_path / "stop_requested"
     monkeypatch.setenv(STOP_FILE_ENV, str(stop_file))
-    stop = _StopSignal()
+    stop = StopRequest()
     assert not stop.requested()
     stop_file.write_text("SIGUSR1\n")
     assert stop.requested() and stop.received is None

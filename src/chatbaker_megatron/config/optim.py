@@ -35,3 +35,9 @@ class OptimConfig:
     # fp16 only: the dynamic loss scale to start from (megatron's default;
     # it halves after overflowing steps, which are skipped).
     initial_loss_scale: float = bounded(2.0**32, ge=1)
+
+    def warmup_iterations(self, train_iters: int) -> int:
+        """The warmup length in iterations, for a run of `train_iters`."""
+        if self.warmup_ratio is not None:
+            return round(self.warmup_ratio * train_iters)
+        return self.warmup_iters or 0

@@ -12,6 +12,7 @@ micro batch * DP, ...). All run before any process group starts.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,11 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     # torchrun's restart budget and monitoring (docs/training.md "When things fail").
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    @property
+    def checkpoint_dir(self) -> str:
+        """Where checkpoints go: checkpoint.dir, or `<run_dir>/checkpoints`."""
+        return self.checkpoint.dir or os.path.join(self.run_dir, "checkpoints")
 
 
 def register() -> None:
@@ -224,11 +230,7 @@ def validate(cfg: Any, world_size: int | None = None) -> None:
     )
 
     iters = train_iters(train)
-    warmup = (
-        round(optim.warmup_ratio * iters)
-        if optim.warmup_ratio is not None
-        else optim.warmup_iters or 0
-    )
+    warmup = optim.warmup_iterations(iters)
     decay = optim.decay_iters or iters
     if iters > 0:
         _require(

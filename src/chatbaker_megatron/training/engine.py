@@ -78,12 +78,6 @@ def _wire_schedule_hooks(
         config.param_sync_func = _one_or_list([chunk.start_param_sync for chunk in chunks])
 
 
-def warmup_iters(optim: OptimConfig, train_iters: int) -> int:
-    if optim.warmup_ratio is not None:
-        return round(optim.warmup_ratio * train_iters)
-    return optim.warmup_iters or 0
-
-
 def build_engine(
     model: ModelConfig,
     parallel: ParallelConfig,
@@ -172,11 +166,11 @@ def build_engine(
     decay_iters = max(1, optim.decay_iters or train_iters)
     scheduler = OptimizerParamScheduler(
         optimizer,
-        init_lr=0.0 if warmup_iters(optim, train_iters) else optim.lr,
+        init_lr=0.0 if optim.warmup_iterations(train_iters) else optim.lr,
         max_lr=optim.lr,
         min_lr=optim.min_lr,
         # The scheduler counts samples, as megatron's trainer does.
-        lr_warmup_steps=warmup_iters(optim, train_iters) * global_batch_size,
+        lr_warmup_steps=optim.warmup_iterations(train_iters) * global_batch_size,
         lr_decay_steps=decay_iters * global_batch_size,
         lr_decay_style=optim.decay_style,
         start_wd=optim.weight_decay,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 from dataclasses import asdict
 from typing import Any
@@ -27,9 +26,9 @@ from chatbaker_megatron.checkpoint.load import load_checkpoint, resume_checkpoin
 from chatbaker_megatron.checkpoint.save import save_checkpoint
 from chatbaker_megatron.checkpoint.state import TrainState
 from chatbaker_megatron.config.schema import RunConfig, train_iters
-from chatbaker_megatron.launch import STOP_FILE_ENV
 from chatbaker_megatron.model.sizes import model_flops_per_token
 from chatbaker_megatron.platform.preflight import run_preflight
+from chatbaker_megatron.stop_signals import StopRequest
 from chatbaker_megatron.training import faults
 from chatbaker_megatron.training.batches import global_batch
 from chatbaker_megatron.training.data import TrainingData, build_training_data
@@ -68,48 +67,12 @@ class LossSpikeError(RuntimeError):
     """Training halted after train.max_consecutive_skips loss spikes in a row (after a checkpoint)."""
 
 
-class _StopSignal:
-    """Turns SIGTERM, SIGUSR1 (SLURM's warning before a time limit) and SIGINT
-    (Ctrl-C) into a requested stop: a checkpoint after the current step, exit 0.
-
-    After a Ctrl-C, another SIGINT or SIGTERM (torchrun turns a second Ctrl-C
-    at the launcher into SIGTERM) forces: KeyboardInterrupt, no checkpoint.
-    The stop file named by STOP_FILE_ENV (written by `chatbaker train`'s
-    launcher on a signal, or by the sbatch's trap) requests the same stop.
-    """
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self.stop_file = os.environ.get(STOP_FILE_ENV)
-        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def requested(self) -> bool:
-        """A stop signal reached this rank, or the stop file exists."""
-        return self.received is not None or bool(self.stop_file and os.path.exists(self.stop_file))
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        if self.received == signal.SIGINT and signum in (signal.SIGINT, signal.SIGTERM):
-            raise KeyboardInterrupt(f"{signal.Signals(signum).name} after Ctrl-C: stopping now")
-        if self.received is None:
-            log.warning(
-                "%s: stopping with a checkpoint after this step%s",
-                signal.Signals(signum).name,
-                "; Ctrl-C again stops at once, without one" if signum == signal.SIGINT else "",
-            )
-        self.received = signum
-
-
-def checkpoint_dir(cfg: RunConfig) -> str:
-    return cfg.checkpoint.dir or os.path.join(cfg.run_dir, "checkpoints")
-
-
 class Trainer:
     def __init__(self, cfg: RunConfig, config_dict: dict[str, Any]) -> None:
         self.cfg = cfg
         self.config_dict = config_dict
         # First: a stop requested while the run starts up ends it after its first step.
-        self.stop = _StopSignal()
+        self.stop = StopRequest()
         self.ctx = parallel.initialize(
             cfg.parallel,
             seed=cfg.train.seed,
@@ -189,7 +152,7 @@ class Trainer:
     def _restore(self) -> TrainState:
         if self.cfg.checkpoint.auto_resume:
             resumed = resume_checkpoint(
-                checkpoint_dir(self.cfg),
+                self.cfg.checkpoint_dir,
                 self.engine,
                 fallback=self.cfg.checkpoint.fallback,
                 allow_unverified=self.cfg.checkpoint.allow_unverified,
@@ -230,7 +193,7 @@ class Trainer:
         `final`: the run reached its last iteration: checkpoint.final_format, not
         checkpoint.format (docs/training.md, "Checkpoint formats and sizes").
         """
-        args = (checkpoint_dir(self.cfg), self.engine, self.state, self.config_dict)
+        args = (self.cfg.checkpoint_dir, self.engine, self.state, self.config_dict)
         ck = self.cfg.checkpoint
         kwargs = {
             "keep_last": ck.keep_last,
@@ -303,7 +266,7 @@ class Trainer:
             self.cfg.train.nan_policy == "halt"
             or consecutive >= self.cfg.train.max_consecutive_skips
         ):
-            root = checkpoint_dir(self.cfg)
+            root = self.cfg.checkpoint_dir
             halted = ""
             if not self._saved_at(self.state.iteration):
                 self.save(finite=False)
@@ -347,7 +310,7 @@ class Trainer:
             raise LossSpikeError(
                 f"{message}. Halting: {consecutive} updates in a row skipped "
                 f"(train.max_consecutive_skips={self.cfg.train.max_consecutive_skips}); the "
-                f"weights before them are saved in {checkpoint_dir(self.cfg)}"
+                f"weights before them are saved in {self.cfg.checkpoint_dir}"
             )
         if self.rank0:
             log.warning(message)
@@ -463,9 +426,9 @@ class Trainer:
     def _saved_at(self, iteration: int) -> bool:
         """Whether `iteration` is checkpointed (a background save in flight is published first)."""
         self._publish_background_save(wait=True)
-        return os.path.isdir(iteration_dir(checkpoint_dir(self.cfg), iteration))
+        return os.path.isdir(iteration_dir(self.cfg.checkpoint_dir, iteration))
 
-    def _should_exit(self, steps_this_run: int, started: float, stop: _StopSignal) -> bool:
+    def _should_exit(self, steps_this_run: int, started: float, stop: StopRequest) -> bool:
         train = self.cfg.train
         reasons = []
         if train.exit_interval and steps_this_run >= train.exit_interval:
