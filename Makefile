@@ -127,10 +127,14 @@ demo-dpo: setup
 	    --greedy --max-new-tokens 40 || exit 1; \
 	done
 
+# ruff, the layer contracts (.importlinter), then mypy type-checks
+# src/chatbaker_megatron and kernels/ (the settings: [tool.mypy] in
+# pyproject.toml; its cache, .mypy_cache/, is git-ignored).
 lint: setup
 	$(BIN)/ruff check src kernels tests benchmarks conf scripts
 	$(BIN)/ruff format --check src kernels tests benchmarks scripts
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 format: setup
 	$(BIN)/ruff check --fix src kernels tests benchmarks scripts

@@ -21,7 +21,7 @@ import dataclasses
 from rich.console import Console
 from rich.table import Table
 
-from chatbaker_megatron.config.parallel import RECOMPUTE_MODES, ParallelConfig
+from chatbaker_megatron.config.parallel import ParallelConfig, RecomputeMode
 from chatbaker_megatron.plan import activations as act
 from tests.parallel.harness import Pools
 from tests.support import plan_validation
@@ -49,7 +49,7 @@ def activations(pools: Pools, console: Console) -> None:
         table.add_column(col, justify="right")
     for name, (tp, sp, bf16) in plan_validation.ACTIVATION_CASES.items():
         saved = pools.run(tp, plan_validation.measure_saved, tp, sp, bf16)[0]["saved"]
-        for recompute in RECOMPUTE_MODES:
+        for recompute in RecomputeMode:
             layer, outside = plan_validation.split_saved(saved, recompute)
             want_layer, want_outside = plan_validation.predicted_saved(tp, sp, bf16, recompute)
             shape = act.Shape(SEQ, plan_validation.MICRO, tp, sp, act_bytes=2 if bf16 else 4)

@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -41,7 +42,7 @@ class Job:
     """One kernel specialisation: pointer dtypes, scalar args and constexprs."""
 
     name: str
-    kernel: object
+    kernel: Any  # a triton.JITFunction (Triton ships no type information)
     pointers: dict[str, torch.dtype | None]  # None: an absent optional pointer
     scalars: dict[str, str]  # name -> Triton scalar type ("i32", "fp32")
     constexprs: dict[str, object]

@@ -186,7 +186,7 @@ class RMSNormFunction(torch.autograd.Function):
         ctx.save_for_backward(h if residual is not None else x2, weight, rstd)
         ctx.has_residual = residual is not None
         ctx.shape, ctx.max_block = shape, max_block
-        if residual is None:
+        if h is None:  # no residual
             return y.view(shape)
         return y.view(shape), h.view(shape)
 

@@ -5,8 +5,9 @@ Each verb lives in the module that owns the work; that module exposes
 line Hydra parses (train), `main_argv(argv) -> int`, which receives the rest
 of the command line untouched.
 
-Known third-party notices (notices.py) are hidden before the verb's module is
-imported; `chatbaker --verbose VERB ...` shows them.
+Known third-party notices and transformers' progress bars (notices.py) are
+hidden before the verb's module is imported, datatrove's console log by its
+executors (data/executors.py); `chatbaker --verbose VERB ...` shows them.
 """
 
 from __future__ import annotations
@@ -62,14 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--verbose",
         action="store_true",
-        help="also show the known third-party notices that are hidden by default",
+        help="also show what is hidden by default: known third-party notices, "
+        "transformers' loading bars, datatrove's log",
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb, (_module, help_text) in VERBS.items():
         sub.add_parser(verb, help=help_text, add_help=False)
     if argv[:1] == ["--verbose"]:
         argv = argv[1:]
-        # Read by notices.hide_known_notices here and in the verb's child processes.
+        # Read by notices.hide_known_notices and data/executors.py here and in the
+        # verb's child processes.
         os.environ[notices.VERBOSE_ENV] = "1"
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in VERBS:
         parser.print_help()

@@ -37,7 +37,13 @@ from typing import Any
 
 import yaml
 
-from chatbaker_megatron.stop_signals import STOP_FILE_ENV
+from chatbaker_megatron.stop_signals import (
+    FORCED_STOP_CODE,
+    STOP_FILE_ENV,
+    StopSignals,
+    handling,
+    write_stop_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +67,6 @@ RANK_ENV = {
 # which the trainer turns into a checkpoint and a clean exit. torchrun forwards
 # each of these to its ranks; any other signal would kill it and orphan them.
 TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
-# What the launcher process turns into a stop request for the ranks (its stop
-# file, or the signal passed on to torchrun): each asks them to stop with a
-# checkpoint (exit code 0). A second Ctrl-C forces.
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-# The exit code of a run stopped by a second Ctrl-C, without a final checkpoint (128 + SIGINT).
-FORCED_STOP_CODE = 130
 # Where a rank that hit an error no restart can heal writes its one line
 # (first rank wins) before it ends the job: the launcher prints it last.
 FATAL_ERROR_FILE = "fatal_error.txt"
@@ -105,10 +105,15 @@ def parent_is_torchrun() -> bool:
     return b"torch.distributed.run" in cmdline or b"torchrun" in cmdline
 
 
-def rank_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """`base` (default: this process's environment) with RANK_ENV's defaults added,
-    and the signal list for torchruns that read it from the environment."""
+def rank_env(base: dict[str, str] | None = None, nproc_per_node: int = 1) -> dict[str, str]:
+    """`base` (default: this process's environment) with RANK_ENV's defaults added, the
+    signal list for torchruns that read it from the environment and, for a torchrun
+    of `nproc_per_node` > 1 ranks, OMP_NUM_THREADS."""
     defaults = {**RANK_ENV, "TORCHELASTIC_SIGNALS_TO_HANDLE": TORCHRUN_SIGNALS}
+    if nproc_per_node > 1:
+        # One OpenMP thread per rank, torchrun's own choice when ranks share a node's
+        # cores; chosen here, torchrun prints no banner announcing it. A user's value wins.
+        defaults["OMP_NUM_THREADS"] = "1"
     return {**defaults, **(os.environ if base is None else base)}
 
 
@@ -215,7 +220,8 @@ def run_torchrun(
     `stop_file` (given to the ranks as STOP_FILE_ENV) a stop signal writes
     that file and torchrun is not signalled at all (no torchrun traceback,
     and no dependence on which signals the installed torchrun forwards); a
-    second Ctrl-C kills torchrun, whose ranks die with it (FORCED_STOP_CODE).
+    forcing one (stop_signals.StopSignals: another SIGINT or SIGTERM after a
+    Ctrl-C) kills torchrun, whose ranks die with it (FORCED_STOP_CODE).
     Without it the signals are passed on to torchrun, which passes them on.
     """
     cmd = torchrun_command(
@@ -227,7 +233,7 @@ def run_torchrun(
         monitor_interval=monitor_interval,
     )
     log.info("launching: %s", " ".join(cmd))
-    env = rank_env()
+    env = rank_env(nproc_per_node=nproc_per_node)
     if stop_file is not None:
         env[STOP_FILE_ENV] = stop_file
         with contextlib.suppress(FileNotFoundError):
@@ -236,39 +242,37 @@ def run_torchrun(
     proc = subprocess.Popen(
         cmd, env=env, process_group=0, preexec_fn=lambda: die_with_parent(launcher)
     )
-    received: list[int] = []
+    stops = StopSignals()
 
     def forward(signum: int, _frame: FrameType | None) -> None:
-        received.append(signum)
+        forces = stops.receive(signum)
         if proc.poll() is not None:
             return
         if stop_file is None:
             proc.send_signal(signum)
-        elif received.count(signal.SIGINT) > 1:
+        elif forces:
             os.killpg(proc.pid, signal.SIGKILL)
         else:
-            with open(stop_file, "a", encoding="utf-8") as f:
-                f.write(f"{signal.Signals(signum).name} to pid {launcher}\n")
+            write_stop_file(stop_file, signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
-        code = proc.wait()
+        with handling(forward):
+            code = proc.wait()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         if proc.poll() is None:  # leaving on an error: take torchrun (and so the ranks) along
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         if stop_file is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(stop_file)
-    if received.count(signal.SIGINT) > 1:
-        log.warning("stopped by a second Ctrl-C, without a final checkpoint")
+    if stops.forced:
+        log.warning("stopped by a second signal after Ctrl-C, without a final checkpoint")
         return FORCED_STOP_CODE
-    if received and code in (0, 1):
+    if stops.received and code in (0, 1):
         # torchrun exits 1 after any signal it forwarded, once its ranks are
         # gone; the trainer has checkpointed and stopped on its own by then.
-        log.info("stopped on %s (checkpoint: see train.log)", signal.Signals(received[0]).name)
+        name = signal.Signals(stops.received[0]).name
+        log.info("stopped on %s (checkpoint: see train.log)", name)
         return 0
     return code
 

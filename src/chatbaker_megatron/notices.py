@@ -5,7 +5,8 @@ step, optional GPU packages this machine lacks, their own deprecations and
 fallbacks they take on purpose. None of it is about the user's run, so the
 `chatbaker` command hides exactly the notices listed here (`warnings` by
 message and category, log records by logger and message) before a verb imports
-its heavy modules, and the training ranks do the same (train.py).
+its heavy modules, and the training ranks do the same (train.py). It also turns
+off transformers' progress bars ("Loading weights" on every model load).
 `chatbaker --verbose VERB` shows them: it sets CHATBAKER_VERBOSE=1, which the
 verb's child processes (torchrun ranks) inherit. Any notice not listed still
 shows.
@@ -22,6 +23,7 @@ import warnings
 from dataclasses import dataclass
 
 VERBOSE_ENV = "CHATBAKER_VERBOSE"
+HF_BARS_ENV = "HF_HUB_DISABLE_PROGRESS_BARS"
 
 
 @dataclass(frozen=True)
@@ -189,20 +191,26 @@ def verbose() -> bool:
 
 
 def hide_known_notices() -> None:
-    """Hide the notices of WARNED and LOGGED in this process, unless verbose().
+    """Hide WARNED, LOGGED and transformers' bars in this process, unless verbose().
 
     Call it before importing the packages that emit them; calling it again
     changes nothing.
     """
     if verbose():
         return
-    for notice in WARNED:
+    # transformers reads huggingface_hub's switch for its own bars when it is imported
+    # (`transformers.utils.logging.disable_progress_bar()` sets both). Set through the
+    # environment, it costs no import here (transformers: ~2 s) and the verb's child
+    # processes inherit it. huggingface_hub's download bars go with it: the verbs load
+    # models from local folders; lm-eval's first download of a hub task's data shows none.
+    os.environ.setdefault(HF_BARS_ENV, "1")
+    for warned in WARNED:
         warnings.filterwarnings(
-            "ignore", message=notice.message, category=notice.category, module=notice.module
+            "ignore", message=warned.message, category=warned.category, module=warned.module
         )
     by_logger: dict[str, list[str]] = {}
-    for notice in LOGGED:
-        by_logger.setdefault(notice.logger, []).append(notice.message)
+    for logged in LOGGED:
+        by_logger.setdefault(logged.logger, []).append(logged.message)
     for name, messages in by_logger.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropKnown) for f in logger.filters):

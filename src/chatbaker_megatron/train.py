@@ -16,17 +16,18 @@ import contextlib
 import logging
 import os
 import sys
+from typing import Any, cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from chatbaker_megatron import notices
+from chatbaker_megatron.config.compose import check_override_keys
 from chatbaker_megatron.config.schema import ConfigError, RunConfig, register, to_run_config
 from chatbaker_megatron.data.demo.prepare import prepare_data
 from chatbaker_megatron.launch import (
     FATAL_ERROR_FILE,
-    FORCED_STOP_CODE,
     die_with_parent,
     parent_is_torchrun,
     run_torchrun,
@@ -38,6 +39,7 @@ from chatbaker_megatron.run_lock import (
     RunLock,
     held_by_launcher,
 )
+from chatbaker_megatron.stop_signals import FORCED_STOP_CODE
 
 log = logging.getLogger("chatbaker_megatron")
 
@@ -45,7 +47,7 @@ register()
 
 # `--dry-run [--ranks R,...] [--json]`, taken off argv before Hydra parses it.
 _dry_run: argparse.Namespace | None = None
-# Written by the launcher on a stop signal (launch.STOP_FILE_ENV): the ranks stop with a checkpoint.
+# Written by the launcher on a stop signal (stop_signals.STOP_FILE_ENV): the ranks stop with a checkpoint.
 STOP_FILE = "stop_requested"
 
 
@@ -215,7 +217,10 @@ def main(cfg: DictConfig) -> None:
 
     os.makedirs(run_dir, exist_ok=True)
     _setup_logging(run_dir)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    # Plain strings for the `Choice` keys: config.yaml and checkpoints hold no enum objects.
+    # cast: OmegaConf types to_container's result as any container; a DictConfig's is a
+    # dict, and a Hydra-composed config's keys are str.
+    resolved = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     resolved["run_dir"] = run_dir
     # Absolute in the stored config, so tools reading the checkpoint (serve, export-hf)
     # find the tokenizer from any directory.
@@ -240,6 +245,11 @@ def main(cfg: DictConfig) -> None:
 def main_argv(argv: list[str]) -> int:
     """`chatbaker train ARGS`: Hydra parses ARGS itself (overrides, -m, --cfg job, --help)."""
     sys.argv = ["chatbaker train", *_take_dry_run_flags(argv)]
+    try:
+        # Flags (`--cfg job`, `-m`) and their values are Hydra's; overrides hold a `=`.
+        check_override_keys([a for a in sys.argv[1:] if "=" in a and a[0] != "-"], RunConfig)
+    except ConfigError as err:
+        sys.exit(f"invalid config: {err}")
     main()
     return 0
 

@@ -88,14 +88,15 @@ def _engine(checkpoint: str):
         "train_iters": 1,
         "global_batch_size": len(PAIR_IDS),
     }
-    padded = build_engine(model, ParallelConfig(), OptimConfig(), **common)
+    optim = OptimConfig(warmup_iters=0)  # a warmup must be shorter than the 1-iteration run
+    padded = build_engine(model, ParallelConfig(), optim, **common)
     load_checkpoint(path, padded, weights_only=True)
     state = {
         name: tensor[: tiny.VOCAB] if name.endswith(VOCAB_ROWS) else tensor
         for name, tensor in full_state(padded.chunks).items()
     }
     unpadded = replace(model, make_vocab_size_divisible_by=UNPADDED)
-    return build_engine(unpadded, ParallelConfig(), OptimConfig(), full_state=state, **common)
+    return build_engine(unpadded, ParallelConfig(), optim, full_state=state, **common)
 
 
 def ours_on_rank(policy: str, reference: str, pairs: list[TokenizedPair]):

@@ -11,17 +11,17 @@ from chatbaker_megatron.config.data import (
     SFTConfig,
     cache_dir,
     resolve_path,
-    validate_data_config,
 )
+from chatbaker_megatron.config.schema import RunConfig
 
 CONF = Path(__file__).resolve().parents[2] / "conf/data"
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in CONF.glob("*.yaml")))
 def test_shipped_data_configs_are_valid(name):
-    cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(CONF / f"{name}.yaml"))
-    validate_data_config(cfg)
-    validate_data_config(OmegaConf.to_object(cfg))
+    # Each option is merged onto the run's data (the demo's), as Hydra does.
+    base = OmegaConf.structured(RunConfig).data
+    OmegaConf.to_object(OmegaConf.merge(base, OmegaConf.load(CONF / f"{name}.yaml"))).validate()
 
 
 def test_the_kr_en_blend_weighs_korean_100b_to_english_1t():
@@ -42,7 +42,10 @@ def pretrain(**changes) -> DataConfig:
 @pytest.mark.parametrize(
     ("cfg", "message"),
     [
-        (pretrain(kind="finetune"), "data.kind='finetune': expected one of pretrain, sft"),
+        (
+            pretrain(kind="finetune"),
+            "data.kind='finetune': expected one of pretrain, sft, preference",
+        ),
         (pretrain(datasets=[]), "data.datasets=[]: expected at least one dataset"),
         (
             pretrain(datasets=[DatasetConfig("ko", "ko"), DatasetConfig("en", "en", -1.0)]),
@@ -78,7 +81,7 @@ def pretrain(**changes) -> DataConfig:
 )
 def test_invalid_values_name_the_key(cfg, message):
     with pytest.raises(ValueError) as err:
-        validate_data_config(cfg)
+        cfg.validate()
     assert str(err.value).startswith(message)
 
 

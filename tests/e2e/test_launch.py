@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import psutil
@@ -18,6 +19,8 @@ import yaml
 from chatbaker_megatron.checkpoint.layout import latest_checkpoint
 from chatbaker_megatron.checkpoint.state import read_common
 from chatbaker_megatron.run_lock import RunLock
+from chatbaker_megatron.stop_signals import FORCED_STOP_CODE
+from tests.support import device_rules
 
 TRAIN = [sys.executable, "-m", "chatbaker_megatron.train"]
 
@@ -349,6 +352,54 @@ def test_torchrun_and_ranks_end_with_their_launcher(tmp_path):
     finally:
         kill_tree(launcher.pid)
         launcher.wait()
+
+
+def test_a_sigterm_after_ctrl_c_at_the_launcher_forces(tmp_path):
+    """The ranks' rule at the launcher too (stop_signals.StopSignals): after a Ctrl-C,
+    a SIGTERM stops at once, without a checkpoint. It used to ask for a stop again."""
+    launcher = _waiting_launcher(str(tmp_path / "stop_requested"))
+    try:
+        tree = _ranks_of(launcher)
+        launcher.send_signal(signal.SIGINT)
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=60) == FORCED_STOP_CODE
+        _gone, alive = psutil.wait_procs(tree, timeout=10)
+        assert not alive, f"left running after a forced stop: {alive}"
+    finally:
+        kill_tree(launcher.pid)
+        launcher.wait()
+
+
+# A torchrun rank: what the device rules look like in it, written to <argv[1]>/rank<RANK>.json.
+RULES_PROBE = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch
+    from chatbaker_megatron import platform
+    rules = sys.modules.get("tests.support.device_rules")
+    report = {
+        "installed": rules is not None and rules.installed(),
+        "device": str(platform.detect().device),
+        "host_tensor_tracked": rules is not None and rules.is_host_tensor(torch.zeros(1)),
+    }
+    with open(os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.json"), "w") as f:
+        json.dump(report, f)
+    """
+)
+
+
+@pytest.mark.skipif(not device_rules.installed(), reason="the rules are a CPU test mode")
+def test_torchrun_ranks_run_under_the_device_rules(tmp_path):
+    """The suite's NCCL device rules reach the ranks torchrun starts, through the
+    PYTHONPATH they inherit (tests/support/site/sitecustomize.py)."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(RULES_PROBE)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    result = run([*torchrun, "--nproc-per-node=2", str(probe), str(tmp_path)], timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    expected = {"installed": True, "device": "cpu:0", "host_tensor_tracked": True}
+    assert reports == [expected, expected]
 
 
 def test_a_deterministic_fault_ends_the_job_at_once_with_one_line(data_root, tmp_path):

@@ -152,7 +152,7 @@ def test_bradley_terry_is_the_maximum_likelihood_fit():
         ("models.demo-plm.max_tokens=0", "models.demo-plm.max_tokens=0: expected >= 1"),
         ("models.demo-sft.base_url=localhost:8000", "expected an http(s):// URL"),
         ("pairwise.baseline=gpt", "pairwise.baseline='gpt': not one of the models"),
-        ("questions.bundled=[ja]", "questions.bundled: 'ja' is not one of ko, en"),
+        ("questions.bundled=[ja]", "questions.bundled[0]='ja': expected one of ko, en"),
     ],
 )
 def test_bad_config_names_the_key(override: str, message: str):

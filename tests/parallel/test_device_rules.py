@@ -1,6 +1,7 @@
-"""NCCL's device rules on CPU (platform/device_rules.py), and the GPU-path fixes they guard.
+"""NCCL's device rules on CPU (tests/support/device_rules.py), and the GPU-path fixes they guard.
 
-The suite runs with CHATBAKER_DEVICE_RULES=nccl (tests/conftest.py), so every
+The suite runs with CHATBAKER_DEVICE_RULES=nccl (tests/conftest.py), in
+every process it starts (tests/support/site/sitecustomize.py), so every
 multi-rank test already trains, checkpoints and reads data under the rules;
 these tests pin the rules themselves down on 2 gloo ranks: what is refused,
 with which message, and what passes. The fp16 test checks that a training
@@ -20,13 +21,14 @@ import torch.distributed as dist
 from chatbaker_megatron import parallel, platform
 from chatbaker_megatron.config.optim import OptimConfig
 from chatbaker_megatron.config.parallel import ParallelConfig
-from chatbaker_megatron.platform import device_rules
+from chatbaker_megatron.platform import compat
 from chatbaker_megatron.training.engine import build_engine
 from chatbaker_megatron.training.step import train_step
+from tests.support import device_rules
 from tests.support.tiny_model import TINY_MODEL
 
 pytestmark = pytest.mark.skipif(
-    not device_rules.enabled(), reason="the rules are a CPU test mode (real NCCL on GPU)"
+    not device_rules.installed(), reason="the rules are a CPU test mode (real NCCL on GPU)"
 )
 
 TINY = dataclasses.replace(TINY_MODEL, num_layers=2, hidden_size=32, ffn_hidden_size=64)
@@ -207,11 +209,31 @@ def test_fp16_step_unscales_once(ranks):
     assert all(norm is not None and norm > 0 for norm in result["grad_norms"])
 
 
-def test_megatron_cuda_call_gives_a_compute_tensor(monkeypatch):
-    monkeypatch.setenv(device_rules.ENV, "nccl")
+def megatron_cuda_calls() -> dict:
+    """`.cuda()` as megatron calls it, through the CPU compat layer of a prepared rank."""
+    cuda = eval("lambda t: t.cuda()", {"__name__": "megatron.core.utils"})
     host = torch.zeros(3)
-    device_rules._mark_host(host, "here")
-    moved = device_rules.to_accelerator(host)
-    assert not device_rules.is_host_tensor(moved)
-    assert device_rules.is_host_tensor(host)
-    assert device_rules.to_accelerator(moved) is moved
+    moved = cuda(host)
+    return {
+        "moved_is_compute": not device_rules.is_host_tensor(moved),
+        "host_stays_host": device_rules.is_host_tensor(host),
+        "copied": moved.untyped_storage().data_ptr() != host.untyped_storage().data_ptr(),
+        "compute_stays": cuda(moved) is moved,
+        "compat_applied": bool(compat.applied_patches()),
+    }
+
+
+def test_megatron_cuda_call_gives_a_compute_tensor(ranks):
+    (result,) = ranks.run(1, megatron_cuda_calls)
+    assert result == dict.fromkeys(result, True)
+
+
+def rules_in_this_process() -> dict:
+    return {"installed": device_rules.installed(), "device": str(platform.detect().device)}
+
+
+def test_the_rules_reach_every_process_of_the_suite(ranks):
+    """The pytest process (conftest) and the ranks forked from the worker pools' forkserver
+    (tests/support/site/sitecustomize.py); torchrun ranks: tests/e2e/test_launch.py."""
+    assert rules_in_this_process() == {"installed": True, "device": "cpu:0"}
+    assert ranks.run(2, rules_in_this_process) == [{"installed": True, "device": "cpu:0"}] * 2

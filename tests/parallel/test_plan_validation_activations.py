@@ -17,7 +17,7 @@ import dataclasses
 
 import pytest
 
-from chatbaker_megatron.config.parallel import RECOMPUTE_MODES, ParallelConfig
+from chatbaker_megatron.config.parallel import ParallelConfig, RecomputeMode
 from chatbaker_megatron.plan.workload import Workload, chunk_params
 from tests.support import plan_validation
 from tests.support.tiny_model import SEQ, TINY_MODEL, VOCAB
@@ -33,7 +33,7 @@ def measured(ranks):
     }
 
 
-@pytest.mark.parametrize("recompute", RECOMPUTE_MODES)
+@pytest.mark.parametrize("recompute", RecomputeMode)
 @pytest.mark.parametrize("case", CASES)
 def test_saved_bytes_match_prediction(measured, case, recompute):
     per_rank = [result["saved"] for result in measured[case]]

@@ -131,7 +131,7 @@ def test_stop_strings_cut_the_reply(served, client):
 
 def test_batched_replies_equal_solo_replies_and_seeds_hold(served, client):
     """Concurrent requests share forward passes, and each gets what it would get alone."""
-    decoder = served.app.state.engine.decoder
+    decoder = served.app.state.server.engine.decoder
     batch_sizes: list[int] = []
     step = decoder.step
 

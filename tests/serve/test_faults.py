@@ -41,7 +41,7 @@ def _good(prompt: list[int], seed: int) -> GenerationRequest:
 
 
 def test_a_request_failing_in_admission_prefill_or_sampling_fails_alone(served):
-    engine = served.app.state.engine
+    engine = served.app.state.server.engine
     good = [[5, 6, 7, 8], [9, 10, 11]]
     alone = [asyncio.run(_run(engine, [_good(p, 3)]))[0] for p in good]
     failed_before = engine.state()["failed"]
@@ -65,8 +65,10 @@ def test_a_request_failing_in_admission_prefill_or_sampling_fails_alone(served):
 
 
 def test_the_queue_counts_what_the_engine_holds(served):
-    decoder = served.app.state.engine.decoder
-    engine = Engine(decoder.model, served.app.state.served.tokenizer, 512, max_batch=2, max_queue=1)
+    decoder = served.app.state.server.engine.decoder
+    engine = Engine(
+        decoder.model, served.app.state.server.served.tokenizer, 512, max_batch=2, max_queue=1
+    )
     jobs = [_good([5, 6, 7], seed) for seed in range(6)]
 
     async def scenario() -> list[str]:
@@ -106,11 +108,11 @@ def test_six_simultaneous_requests_on_two_rows_and_one_queue_place(served):
             codes = sorted(pool.map(post, range(6)))
         # Two rows and one waiting place hold three; only the others are refused.
         assert codes.count(200) >= 3 and codes.count(429) <= 3, codes
-        assert app.state.engine.state()["completed"] == codes.count(200)
+        assert app.state.server.engine.state()["completed"] == codes.count(200)
 
 
 def test_oversized_bodies_and_prompts_are_refused_before_the_engine(served, monkeypatch):
-    engine = served.app.state.engine
+    engine = served.app.state.server.engine
     generated = engine.state()["generated_tokens"]
     url = f"{served.base_url}/v1/completions"
     huge = {"model": served.model_id, "prompt": "가" * (3 << 20), "max_tokens": 2}
@@ -130,8 +132,8 @@ def test_oversized_bodies_and_prompts_are_refused_before_the_engine(served, monk
     def never(text: str) -> list[int]:
         raise AssertionError("a prompt that cannot fit was tokenised")
 
-    monkeypatch.setattr(served.app.state.served.tokenizer, "encode", never)
-    served_model = served.app.state.served
+    monkeypatch.setattr(served.app.state.server.served.tokenizer, "encode", never)
+    served_model = served.app.state.server.served
     long = "가" * (served_model.max_length * served_model.longest_token_bytes + 1)
     response = httpx2.post(url, json={**huge, "prompt": long}, headers=HEADERS)
     assert response.status_code == 400, response.text
@@ -190,7 +192,7 @@ def test_request_log_has_cancelled_and_failed_exchanges_as_sent(served, monkeypa
 
 def test_the_first_sigterm_stops_the_server_with_a_stream_in_flight(served):
     app = cli.build_app(serve_args(served.hf_dir))
-    decoder = app.state.engine.decoder
+    decoder = app.state.server.engine.decoder
     step = decoder.step
 
     def slow_step(tokens):  # 480 tokens take half a minute
@@ -219,7 +221,7 @@ def test_the_first_sigterm_stops_the_server_with_a_stream_in_flight(served):
         reader.start()
         assert first.wait(30)
     # Leaving `running` is uvicorn's SIGTERM; it raises if the server did not stop.
-    assert app.state.engine.state()["running"] == 0
+    assert app.state.server.engine.state()["running"] == 0
 
 
 def test_the_banner_never_shows_the_key():

@@ -39,7 +39,7 @@ def small_server(served):
 
 def test_full_queue_gets_429_and_a_disconnect_frees_the_row(served, small_server):
     app, base_url = small_server
-    engine = app.state.engine
+    engine = app.state.server.engine
     with (
         httpx2.Client(base_url=base_url, timeout=30) as first,
         httpx2.Client(base_url=base_url, timeout=30) as second,

@@ -34,7 +34,7 @@ def _log_softmax(hf_model, ids: list[int]) -> torch.Tensor:
 
 def test_echo_scores_the_prompt_as_lm_eval_asks(served, hf_model):
     """lm-eval's local-completions log-likelihood request: token ids, echo, logprobs 1, 1 token."""
-    tokenizer = served.app.state.served.tokenizer
+    tokenizer = served.app.state.server.served.tokenizer
     ids = tokenizer.encode("대한민국의 수도는 서울입니다.")
     body = {
         "model": served.model_id,
@@ -83,7 +83,7 @@ def test_chat_logprobs_and_top_logprobs(served, client):
 
 
 def test_logit_bias_n_and_seeds(served, client):
-    tokenizer = served.app.state.served.tokenizer
+    tokenizer = served.app.state.server.served.tokenizer
     token = tokenizer.encode("a")[0]
     biased = client.completions.create(
         model=served.model_id,

@@ -26,10 +26,10 @@ def _refused(client, served, text: str, history: bool = False) -> dict:
             {"role": "assistant", "content": "네."},
             {"role": "user", "content": "그리고?"},
         ]
-    generated = served.app.state.engine.state()["generated_tokens"]
+    generated = served.app.state.server.engine.state()["generated_tokens"]
     with pytest.raises(BadRequestError) as caught:
         client.chat.completions.create(model=served.model_id, messages=messages, max_tokens=4)
-    assert served.app.state.engine.state()["generated_tokens"] == generated, "the model ran"
+    assert served.app.state.server.engine.state()["generated_tokens"] == generated, "the model ran"
     error = caught.value.body
     assert error["type"] == "invalid_request_error"
     assert error["param"] == "messages" and error["code"] == "content_filter"
@@ -73,4 +73,4 @@ def test_unreachable_moderation_refuses_with_503(served, tmp_path):
         )
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "moderation_unavailable"
-        assert app.state.engine.state()["generated_tokens"] == 0
+        assert app.state.server.engine.state()["generated_tokens"] == 0

@@ -8,6 +8,9 @@ already. Used by the multi-rank pools (tests/parallel/harness.py) and by
 `run_cli`, for command lines whose own process state matters (a dry run's
 fake world) but whose imports do not. Tests about what an import prints
 (tests/unit/test_quiet.py) or about the launcher start real subprocesses.
+The forkserver is a fresh interpreter: tests/support/site/sitecustomize.py
+installs NCCL's device rules in it as it preloads the platform, and every
+process forked from it inherits them.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from megatron.core.transformer.module import Float16Module
 from chatbaker_megatron import parallel
 from chatbaker_megatron.config.model import ModelConfig
 from chatbaker_megatron.config.optim import OptimConfig
-from chatbaker_megatron.config.parallel import RECOMPUTE_MODES, ParallelConfig
+from chatbaker_megatron.config.parallel import ParallelConfig, RecomputeMode
 from chatbaker_megatron.model.llama import build_model
 from chatbaker_megatron.plan import activations as act
 from chatbaker_megatron.plan.comm import step_volume
@@ -80,7 +80,7 @@ def measure_saved(tp: int, sp: bool, bf16: bool) -> dict[str, Any]:
     tokens = plat.from_host(tokens)
     positions = plat.from_host(torch.arange(SEQ).expand(MICRO, SEQ))
     saved, params = {}, 0
-    for recompute in RECOMPUTE_MODES:
+    for recompute in RecomputeMode:
         for depth in DEPTHS:
             model = dataclasses.replace(TINY_MODEL, num_layers=depth)
             layout = dataclasses.replace(par, recompute=recompute)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from chatbaker_megatron.config.checks import to_plain_dict
 from chatbaker_megatron.config.model import ModelConfig
 from chatbaker_megatron.config.optim import OptimConfig
 from chatbaker_megatron.config.parallel import ParallelConfig
@@ -65,7 +66,7 @@ def run_config(tokenizer_dir: Path, run_dir: Path, kind: str = "pretrain") -> di
     return {
         "name": "tiny-test",
         "run_dir": str(run_dir),
-        "model": dataclasses.asdict(TINY),
+        "model": to_plain_dict(TINY),
         "data": {
             "kind": kind,
             "root": str(tokenizer_dir.parent),
@@ -126,7 +127,7 @@ def _engine(cfg: ParallelConfig, model: ModelConfig = TINY):
     return build_engine(
         model,
         cfg,
-        OptimConfig(),
+        OptimConfig(warmup_iters=0),  # a warmup must be shorter than the 1-iteration run
         vocab_size=VOCAB,
         max_sequence_length=SEQ,
         train_iters=1,

@@ -3,7 +3,8 @@
 import os
 import time
 
-from chatbaker_megatron.launch import STOP_FILE_ENV, die_with_parent
+from chatbaker_megatron.launch import die_with_parent
+from chatbaker_megatron.stop_signals import STOP_FILE_ENV
 
 if __name__ == "__main__":
     die_with_parent()

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from chatbaker_megatron.config.checks import RANGE, Range, check_ranges
-from chatbaker_megatron.config.compose import compose, compose_dict
+from chatbaker_megatron.config.checks import RANGE, Choice, Range, check_values, to_plain_dict
+from chatbaker_megatron.config.cluster import ClusterConfig
+from chatbaker_megatron.config.compose import check_override_keys, compose, compose_dict
 from chatbaker_megatron.config.data import DatasetConfig
-from chatbaker_megatron.config.schema import ConfigError, RunConfig, train_iters
+from chatbaker_megatron.config.schema import ConfigError, RunConfig, validate
 
 PRESETS = ["plm_1.3b_a100x256", "plm_7b_a100x256", "sft_1.3b_a100x8", "sft_7b_a100x8"]
 
@@ -47,7 +48,7 @@ def test_plm_presets_follow_the_released_recipe():
         4096,
         11008,
     )
-    assert train_iters(small.train) == 333_787  # ceil(1.4T / 4,194,304)
+    assert small.train.iterations == 333_787  # ceil(1.4T / 4,194,304)
 
 
 def test_sft_presets_follow_vicuna():
@@ -87,6 +88,7 @@ BAD = {
     "logging.log_interval=0": "logging.log_interval=0: expected >= 1",
     # Issue 25: an empty run_dir trained into the current directory.
     "run_dir=": "run_dir='': a directory",
+    # A value outside a key's Choice enum: refused while Hydra composes.
     "optim.resume_schedule=both": "optim.resume_schedule='both': expected one of config, checkpoint",
 }
 
@@ -135,7 +137,7 @@ def test_every_numeric_key_declares_a_range():
     assert len(NUMERIC) > 40
     missing = [key for key, spec, _, _ in NUMERIC if RANGE not in spec.metadata]
     assert not missing, f"declare a range with config.checks.bounded: {missing}"
-    check_ranges(RunConfig())  # the defaults are inside their own ranges
+    check_values(RunConfig())  # the defaults are inside their own ranges
 
 
 def outside(bound: Range) -> float:
@@ -164,7 +166,7 @@ def test_a_value_outside_the_range_fails_naming_key_value_and_range(key, spec, k
     else:
         setattr(node, path[-1], value)
     with pytest.raises(ConfigError) as err:
-        check_ranges(cfg)
+        check_values(cfg)
     assert str(err.value) == f"{key}={value!r}: expected {bound}"
 
 
@@ -225,3 +227,83 @@ def test_the_config_reference_lists_every_range():
     missing = [f"| `{key}` | {allowed} |" for key, allowed in declared.items() if key not in listed]
     assert not missing, "add to docs/config.md, Value ranges:\n" + "\n".join(missing)
     assert listed == declared
+
+
+TYPOS = {
+    "train": (
+        ["train.seq_lenght=64"],
+        "train.seq_lenght: unknown config key (did you mean train.seq_length?)",
+    ),
+    "curate": (
+        ["input=in", "output=out", "read.text_kye=body"],
+        "read.text_kye: unknown config key (did you mean read.text_key?)",
+    ),
+    "eval-chat": (["clinet.retries=1"], "clinet: unknown config key (did you mean client?)"),
+}
+
+
+@pytest.mark.parametrize("verb", TYPOS)
+def test_a_typo_in_a_key_is_one_line_with_the_nearest_key(tmp_path, verb):
+    """Hydra's own error suggested `+key` (adding the typo); curate and eval-chat printed
+    its 40-line traceback (issue 23)."""
+    args, message = TYPOS[verb]
+    result = subprocess.run(
+        [sys.executable, "-m", "chatbaker_megatron.cli", verb, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "model=7b",  # a group choice
+        "experiment=plm_7b_a100x256",  # a group that is no key
+        "hydra.run.dir=x",
+        "hydra/launcher=basic",
+        "+train.foo=1",  # refused later, when composed (check_known_keys)
+        "~train.init_from",
+        "data.datasets.0.weight=2",  # a list's items are checked when composed
+        "optim.lr=1e-4,3e-4",  # a sweep
+    ],
+)
+def test_override_keys_leave_groups_and_hydra_to_hydra(override):
+    check_override_keys([override], RunConfig)
+
+
+def test_a_bad_choice_names_the_key_and_the_choices():
+    """Refused by OmegaConf while composing, or by check_values for a dataclass built in
+    Python: one message either way."""
+    message = "cluster.precision='fp8': expected one of fp32, bf16, fp16"
+    with pytest.raises(ConfigError) as err:
+        compose(["cluster.precision=fp8"])
+    assert str(err.value) == message
+    with pytest.raises(ConfigError) as err:
+        validate(dataclasses.replace(RunConfig(), cluster=ClusterConfig(precision="fp8")))
+    assert str(err.value) == message
+
+
+def test_the_stored_config_holds_plain_strings():
+    """config.yaml and checkpoints store `Choice` keys as strings, loadable without the enums."""
+    stored = to_plain_dict(RunConfig())
+    assert type(stored["cluster"]["precision"]) is str
+    assert type(stored["train"]["preference"]["loss"]) is str
+
+
+def test_every_choice_is_named_as_its_value():
+    """OmegaConf matches a value to a member by name, and a member hashes as its name:
+    only name == value makes `fp16` compose and `DTYPES[cfg.cluster.precision]` work."""
+    import chatbaker_megatron.config.curate
+    import chatbaker_megatron.config.eval_chat  # noqa: F401  (their enums, for __subclasses__)
+
+    choices = Choice.__subclasses__()
+    assert len(choices) >= 14
+    for choice in choices:
+        assert [m.name for m in choice] == [m.value for m in choice], choice

@@ -19,8 +19,13 @@ from chatbaker_megatron.plan import comm, memory, steptime, workload
 from chatbaker_megatron.plan.assumptions import Assumptions
 from chatbaker_megatron.plan.candidates import plan, workload_of
 
-MODEL_7B = ModelConfig(
-    num_layers=32, hidden_size=4096, num_attention_heads=32, ffn_hidden_size=11008, vocab_size=50304
+MODEL_7B = ModelConfig(  # MHA: ModelConfig's defaults are the tiny model's, with GQA
+    num_layers=32,
+    hidden_size=4096,
+    num_attention_heads=32,
+    num_query_groups=None,
+    ffn_hidden_size=11008,
+    vocab_size=50304,
 )
 WORK_7B = workload.Workload(
     model=MODEL_7B,

@@ -19,6 +19,7 @@ import sys
 import textwrap
 import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +28,13 @@ import pytest
 import torch
 
 from chatbaker_megatron import platform
-from chatbaker_megatron.platform import (
+from chatbaker_megatron.platform import HOST, Platform, compat, device, megatron_fixes
+from chatbaker_megatron.platform.compat import (
     CUDA_TYPE_NAME_MODULES,
     PATCHES,
     TORCH_PROXY_MODULES,
-    Platform,
-    compat,
-    device_rules,
-    megatron_fixes,
 )
+from tests.support import device_rules
 
 # A megatron module that uses torch but is on no patch list: it must keep real torch.
 UNLISTED_MODULE = "megatron.core.transformer.mlp"
@@ -69,17 +68,18 @@ CPU_PROBE = textwrap.dedent(
     importlib.import_module(UNLISTED)
     rng_before = (rng._get_cuda_rng_state, rng._set_cuda_rng_state)
     R["cuda_available"] = torch.cuda.is_available()
-    R["first"] = platform.apply_megatron_cpu_compat()
-    R["applied"] = platform.applied_patches()
+    plat = platform.prepare_megatron()
+    R["device"] = str(plat.device)
+    R["first"] = compat.applied_patches()
 
-    proxies = {m: importlib.import_module(m).torch for m in platform.TORCH_PROXY_MODULES}
-    proxy = proxies[platform.TORCH_PROXY_MODULES[0]]
+    proxies = {m: importlib.import_module(m).torch for m in compat.TORCH_PROXY_MODULES}
+    proxy = proxies[compat.TORCH_PROXY_MODULES[0]]
     R["proxied"] = {m: p is not torch and isinstance(p, compat._CpuTorch) for m, p in proxies.items()}
     R["one_proxy"] = len({id(p) for p in proxies.values()}) == 1
     # Every other loaded megatron module that has a `torch` global keeps the real one.
     R["unlisted_with_proxy"] = sorted(
         name for name, mod in list(sys.modules.items())
-        if name.startswith("megatron.") and name not in platform.TORCH_PROXY_MODULES
+        if name.startswith("megatron.") and name not in compat.TORCH_PROXY_MODULES
         # (isinstance: some packages have a submodule named `torch`)
         and isinstance(getattr(mod, "torch", None), compat._CpuTorch)
     )
@@ -111,13 +111,13 @@ CPU_PROBE = textwrap.dedent(
     }
     R["type_in_listed"] = {
         m: {k: call_in(m, "t.type()", t=t) for k, t in tensors.items()}
-        for m in platform.CUDA_TYPE_NAME_MODULES
+        for m in compat.CUDA_TYPE_NAME_MODULES
     }
     R["type_in_main"] = {k: t.type() for k, t in tensors.items()}
     R["type_in_unlisted"] = call_in(UNLISTED, "t.type()", t=tensors["float32"])
     # With a dtype argument, type() still converts (in a listed module too).
     R["type_convert"] = str(call_in(
-        platform.CUDA_TYPE_NAME_MODULES[0], "t.type(torch.float64).dtype", t=tensors["float32"]
+        compat.CUDA_TYPE_NAME_MODULES[0], "t.type(torch.float64).dtype", t=tensors["float32"]
     ))
 
     # Tensor.cuda(): identity from megatron code, the real method elsewhere.
@@ -155,14 +155,14 @@ CPU_PROBE = textwrap.dedent(
     # Idempotent: a second call changes nothing and reports the same patches.
     methods = (torch.Tensor.cuda, torch.Tensor.type, rng._get_cuda_rng_state)
     try:
-        R["second"] = platform.apply_megatron_cpu_compat()
+        R["second"] = compat.apply(plat.device)
     except Exception as exc:  # reported to the idempotency test, not a probe crash
         R["second"] = type(exc).__name__ + ": " + str(exc)
     R["second_same_objects"] = (
         (torch.Tensor.cuda, torch.Tensor.type, rng._get_cuda_rng_state) == methods
         and all(importlib.import_module(m).torch is p for m, p in proxies.items())
     )
-    R["applied_after_second"] = platform.applied_patches()
+    R["applied_after_second"] = compat.applied_patches()
     print(json.dumps(R))
     """
 )
@@ -174,7 +174,7 @@ def cpu_probe() -> dict[str, Any]:
     # Hide any GPU so the probe takes the CPU path on a CUDA machine as well.
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     # The compat layer alone: the device rules test mode would move "cuda" to cpu:0.
-    env.pop("CHATBAKER_DEVICE_RULES", None)
+    env.pop(device_rules.ENV, None)
     proc = subprocess.run(
         [sys.executable, "-c", CPU_PROBE, UNLISTED_MODULE],
         capture_output=True,
@@ -225,8 +225,8 @@ def test_cuda_present_patches_nothing(restore_patch_targets, monkeypatch):
     rng = importlib.import_module("megatron.core.tensor_parallel.random")
     rng_functions = (rng._get_cuda_rng_state, rng._set_cuda_rng_state)
 
-    assert platform.apply_megatron_cpu_compat() == []
-    assert platform.applied_patches() == []
+    assert platform.prepare_megatron().is_cuda
+    assert compat.applied_patches() == []
     for module in restore_patch_targets:
         assert module.torch is torch, f"{module.__name__} got a proxy with CUDA present"
     assert torch.Tensor.cuda is torch._C.TensorBase.cuda
@@ -247,12 +247,38 @@ def test_detect_cuda(monkeypatch, local_rank, index):
     assert plat.is_cuda
 
 
-def test_detect_cpu(monkeypatch):
+@pytest.fixture
+def cpu_on_host(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A CPU platform computing on the host, as without the suite's device rules."""
     pretend_cpu(monkeypatch)
-    monkeypatch.delenv(device_rules.ENV, raising=False)
+    before = platform.detect().device
+    device.use_cpu_compute_device(HOST)
+    yield
+    device.use_cpu_compute_device(before)
+
+
+def test_detect_cpu(cpu_on_host):
     plat = platform.detect()
     assert plat == Platform(torch.device("cpu"), "gloo")
     assert not plat.is_cuda
+
+
+def test_cpu_compute_device_is_set_apart_from_the_host(cpu_on_host):
+    compute = torch.device("cpu", 0)
+    device.use_cpu_compute_device(compute)
+    plat = platform.detect()
+    assert plat == Platform(compute, "gloo")
+    assert plat.collective_device() == compute
+    host_group = type("GlooGroup", (), {})()  # stands in for a gloo process group
+    device.mark_host_group(host_group)
+    assert plat.collective_device(host_group) is HOST
+    with pytest.raises(ValueError, match="not a CPU device"):
+        device.use_cpu_compute_device(torch.device("cuda", 0))
+
+
+def test_compat_layer_maps_cuda_onto_cpu_only():
+    with pytest.raises(ValueError, match="onto a CPU device"):
+        compat.apply(torch.device("cuda", 0))
 
 
 # --- CPU: the real patches, observed in a fresh interpreter ---------------------
@@ -260,12 +286,12 @@ def test_detect_cpu(monkeypatch):
 
 def test_cpu_probe_ran_on_cpu(cpu_probe):
     assert cpu_probe["cuda_available"] is False
+    assert cpu_probe["device"] == "cpu"
 
 
 def test_applied_patches_are_the_listed_ones(cpu_probe):
     names = [patch.name for patch in PATCHES]
     assert cpu_probe["first"] == names
-    assert cpu_probe["applied"] == names
 
 
 def test_listed_modules_get_one_proxy(cpu_probe):
@@ -353,13 +379,13 @@ def test_checked_version_passes(monkeypatch, version):
     from megatron.core import package_info
 
     monkeypatch.setattr(package_info, "__version__", version)
-    assert platform.check_megatron_version() == version
+    assert compat.check_megatron_version() == version
 
 
 def test_installed_version_is_checked():
     from megatron.core import package_info
 
-    assert platform.check_megatron_version() == package_info.__version__
+    assert compat.check_megatron_version() == package_info.__version__
 
 
 @pytest.mark.parametrize("version", ["0.25.0", "0.18.1", "1.19.0", "0.1.9"])
@@ -368,7 +394,7 @@ def test_unchecked_version_is_refused(monkeypatch, version):
 
     monkeypatch.setattr(package_info, "__version__", version)
     with pytest.raises(RuntimeError) as err:
-        platform.check_megatron_version()
+        compat.check_megatron_version()
     message = str(err.value)
     # Names the installed version, the checked one(s), and the way out.
     assert f"megatron-core {version} is installed" in message
@@ -382,8 +408,8 @@ def test_apply_refuses_unchecked_version_before_patching(restore_patch_targets, 
     pretend_cpu(monkeypatch)
     monkeypatch.setattr(package_info, "__version__", "0.25.0")
     with pytest.raises(RuntimeError, match=r"megatron-core 0\.25\.0 is installed"):
-        platform.apply_megatron_cpu_compat()
-    assert platform.applied_patches() == []
+        compat.apply(HOST)
+    assert compat.applied_patches() == []
     assert all(module.torch is torch for module in restore_patch_targets)
     assert torch.Tensor.cuda is torch._C.TensorBase.cuda
     assert torch.Tensor.type is torch._C.TensorBase.type
@@ -486,20 +512,16 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_platform_collective_devices(monkeypatch):
-    pretend_cpu(monkeypatch)
-    monkeypatch.delenv(device_rules.ENV, raising=False)
+def test_platform_collective_devices(cpu_on_host):
     plat = platform.detect()
     assert plat.collective_device() == torch.device("cpu")
     assert plat.tensor([1.0, 2.0]).tolist() == [1.0, 2.0]
     assert plat.inference_dtype == torch.float32
-    monkeypatch.setenv(device_rules.ENV, "nccl")
-    assert platform.detect().device == device_rules.SIMULATED_ACCELERATOR
 
 
 def test_platform_cuda_choices(monkeypatch):
     pretend_cuda(monkeypatch)
     plat = platform.detect()
-    assert plat.cuda_kernels_run
+    assert plat.is_cuda
     assert plat.inference_dtype == torch.bfloat16
     assert plat.collective_device() == plat.device

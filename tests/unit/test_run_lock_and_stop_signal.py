@@ -9,14 +9,20 @@ import socket
 
 import pytest
 
-from chatbaker_megatron.launch import FATAL_ERROR_FILE, STOP_FILE_ENV, check_stop_path
+from chatbaker_megatron.launch import FATAL_ERROR_FILE, check_stop_path
 from chatbaker_megatron.run_lock import (
     LAUNCHER_PID_ENV,
     RunDirLockedError,
     RunLock,
     held_by_launcher,
 )
-from chatbaker_megatron.stop_signals import StopRequest
+from chatbaker_megatron.stop_signals import (
+    STOP_FILE_ENV,
+    StopRequest,
+    StopRequested,
+    StopSignals,
+    stop_signals_raise,
+)
 
 
 def test_second_lock_names_the_holder_and_the_first_release_frees_it(tmp_path):
@@ -66,6 +72,28 @@ def test_a_second_signal_after_ctrl_c_forces(second, restore_handlers):
     assert stop.received == signal.SIGINT
     with pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), second)
+
+
+def test_any_earlier_ctrl_c_makes_sigint_or_sigterm_force():
+    """One rule for the launcher and the ranks (stop_signals.StopSignals)."""
+    stops = StopSignals()
+    assert [stops.receive(s) for s in (signal.SIGUSR1, signal.SIGTERM)] == [False, False]
+    assert not stops.forced
+    assert [stops.receive(s) for s in (signal.SIGINT, signal.SIGUSR1)] == [False, False]
+    assert stops.receive(signal.SIGTERM) and stops.forced
+
+
+def test_preprocessing_raises_on_signals_left_at_their_default(restore_handlers):
+    with pytest.raises(StopRequested) as caught, stop_signals_raise():
+        os.kill(os.getpid(), signal.SIGHUP)
+    assert caught.value.signum == signal.SIGHUP
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL  # restored
+    # A handler someone else installed (a launcher's) keeps deciding.
+    seen: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: seen.append(signum))
+    with stop_signals_raise():
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert seen == [signal.SIGTERM]
 
 
 def test_two_run_dirs_sharing_a_checkpoint_dir_are_refused(tmp_path):
@@ -125,7 +153,7 @@ def test_only_errors_a_restart_cannot_heal_end_the_job(tmp_path):
         claim_fatal_error,
         one_line,
     )
-    from chatbaker_megatron.training.trainer import NonFiniteLossError
+    from chatbaker_megatron.training.health import NonFiniteLossError
 
     for err in (CheckpointError("x"), DataIntegrityError("x"), NonFiniteLossError("x")):
         assert isinstance(err, DETERMINISTIC_ERRORS)

@@ -7,11 +7,22 @@ import pytest
 from chatbaker_megatron.config.model import ModelConfig
 from chatbaker_megatron.model import sizes
 
+# MHA (num_query_groups=None): ModelConfig's defaults are the tiny model's, with GQA.
 CHATBAKER_1_3B = ModelConfig(
-    name="1.3b", num_layers=24, hidden_size=2048, num_attention_heads=32, ffn_hidden_size=5632
+    name="1.3b",
+    num_layers=24,
+    hidden_size=2048,
+    num_attention_heads=32,
+    num_query_groups=None,
+    ffn_hidden_size=5632,
 )
 CHATBAKER_7B = ModelConfig(
-    name="7b", num_layers=32, hidden_size=4096, num_attention_heads=32, ffn_hidden_size=11008
+    name="7b",
+    num_layers=32,
+    hidden_size=4096,
+    num_attention_heads=32,
+    num_query_groups=None,
+    ffn_hidden_size=11008,
 )
 VOCAB = 50304
 
@@ -41,7 +52,7 @@ def test_breakdown_adds_up():
 
 def test_gqa_shrinks_only_the_kv_projection():
     gqa = ModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2)
-    mha = ModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4)
+    mha = ModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=None)
     assert sizes.layer_params(mha).qkv == 64 * 3 * 64
     assert sizes.layer_params(gqa).qkv == 64 * (64 + 2 * 32)
     assert sizes.layer_params(gqa).fc1 == sizes.layer_params(mha).fc1
@@ -72,6 +83,7 @@ def gpt_shaped(layers: int, hidden: int) -> ModelConfig:
         num_layers=layers,
         hidden_size=hidden,
         num_attention_heads=hidden // 64,
+        num_query_groups=None,
         ffn_hidden_size=8 * hidden // 3,
     )
 

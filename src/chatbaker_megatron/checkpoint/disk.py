@@ -1,4 +1,5 @@
-"""Room for the next checkpoint, and save failures said in one line.
+"""Room for the next checkpoint, and save failures said in one line (disk_errors.py
+classifies them from the exception, and from what megatron's write workers returned).
 
 The next checkpoint is about as big as the previous one (the same model and
 optimizer), so its size is the estimate of the bytes a save needs. While it
@@ -8,21 +9,20 @@ pruned only once it is complete, so keep_last=2 needs room for three.
 
 from __future__ import annotations
 
-import errno
-import logging
+import inspect
+import json
 import os
-import re
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
+from megatron.core.dist_checkpointing.strategies.filesystem_async import FileSystemWriterAsync
 
 from chatbaker_megatron.checkpoint.manifest import ManifestError, read_manifest
+from chatbaker_megatron.disk_errors import DISK_ERRNOS, describe, disk_errno
 
-_ERRNO = re.compile(r"\[Errno (\d+)\]")
-_DISK_ERRORS = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system"}
 # Less free space than this after a failed write: the disk filled up, whatever the error says.
 FULL_BELOW_BYTES = 16 * 2**20
 
@@ -57,89 +57,70 @@ def room_problem(root: str, previous: str | None) -> str | None:
 
 
 @contextmanager
-def worker_errors() -> Iterator[list[str]]:
-    """The errors megatron's checkpoint writer logs while this block runs.
+def write_failures() -> Iterator[list[BaseException]]:
+    """The exceptions megatron's checkpoint write workers returned while this block runs.
 
-    Its write workers catch the OSError and pass on only its class
-    (`error: <class 'OSError'>`); the log record is where the errno survives.
+    A worker returns `(index, results)`, or `(index, exception)` when its write
+    failed; megatron asserts on the latter and passes on a RuntimeError that
+    names only the exception's class (`error: <class 'OSError'>`), so the
+    errno is taken from the worker's own result, by wrapping the worker for
+    the block (the threads look it up on the class when they start).
     """
-    messages: list[str] = []
+    failures: list[BaseException] = []
+    worker = inspect.getattr_static(FileSystemWriterAsync, "write_preloaded_data")
 
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            messages.append(record.getMessage())
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        output = worker.__func__(*args, **kwargs)
+        if output is not None and isinstance(output[1], BaseException):
+            failures.append(output[1])
+        return output
 
-    handler = Collect(level=logging.ERROR)
-    logger = logging.getLogger("megatron.core.dist_checkpointing")
-    logger.addHandler(handler)
+    FileSystemWriterAsync.write_preloaded_data = staticmethod(recording)
     try:
-        yield messages
+        yield failures
     finally:
-        logger.removeHandler(handler)
+        FileSystemWriterAsync.write_preloaded_data = worker
 
 
 @contextmanager
-def worker_errors_to(path: str) -> Iterator[None]:
-    """worker_errors for a background writer process: the messages go to `path`
-    (created only if there is one), for the training process to read."""
-    handler = logging.FileHandler(path, delay=True, encoding="utf-8")
-    handler.setLevel(logging.ERROR)
-    logger = logging.getLogger("megatron.core.dist_checkpointing")
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
+def write_failures_to(path: str) -> Iterator[None]:
+    """write_failures for a background writer process: the errnos of its failed writes
+    go to `path` (created only if there is one), for the training process."""
+    with write_failures() as failures:
+        try:
+            yield
+        finally:
+            if failures:
+                with open(path, "w", encoding="utf-8") as f:
+                    json.dump([getattr(failure, "errno", None) for failure in failures], f)
 
 
-def take_worker_errors(path: str) -> list[str]:
-    """What worker_errors_to wrote, if anything (the file is removed)."""
+def take_write_failures(path: str) -> list[OSError]:
+    """What write_failures_to left at `path` (the file is removed), as OSErrors."""
     try:
         with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+            codes = json.load(f)
     except OSError:
         return []
     os.remove(path)
-    return lines
-
-
-def os_errno(err: BaseException, logged: Sequence[str] = ()) -> int | None:
-    """The errno behind a save failure: in the exception chain, torch's per-rank failures,
-    or the text of the exception and of what the writer logged."""
-    seen: set[int] = set()
-    stack = [err]
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno is not None:
-            return current.errno
-        stack += [e for e in (current.__cause__, current.__context__) if e is not None]
-        # torch's CheckpointException: {rank: (exception, traceback)}
-        for failure in (getattr(current, "failures", None) or {}).values():
-            if isinstance(failure, tuple) and failure and isinstance(failure[0], BaseException):
-                stack.append(failure[0])
-    for text in (str(err), *logged):
-        match = _ERRNO.search(text)
-        if match:
-            return int(match.group(1))
-    return None
+    return [OSError(code, os.strerror(code)) for code in codes if code is not None]
 
 
 def save_failure(
     tmp: str,
     err: BaseException,
     needed: int | None,
-    logged: Sequence[str] = (),
+    failures: Sequence[BaseException] = (),
 ) -> str:
-    """One line for a failed save: the path, what went wrong, the bytes needed and free."""
+    """One line for a failed save: the path, what went wrong, the bytes needed and free.
+
+    `failures`: what the write workers returned (write_failures).
+    """
     parent = os.path.dirname(tmp)
     free = free_bytes(parent) if os.path.isdir(parent) else None
-    code = os_errno(err, logged)
-    if code in _DISK_ERRORS:
-        reason = f"{_DISK_ERRORS[code]} ({errno.errorcode[code]})"
+    code = disk_errno(err, *failures)
+    if code is not None:
+        reason = describe(code)
     elif _full(free, needed):
         # Not every full disk gives an errno: torch's zip writer says "unexpected pos",
         # megatron's coordinator `CheckpointException ... ranks:dict_keys([0])`.
@@ -170,6 +151,7 @@ def state_bytes(sharded: Any, world_size: int) -> int:
 
 
 def most_telling(errors: list[str]) -> str:
-    """Of the ranks' messages for one failed save, one that names a disk error if any does."""
-    codes = tuple(f"({errno.errorcode[code]})" for code in _DISK_ERRORS)
+    """Of the ranks' messages for one failed save (save_failure's lines), one that names a
+    disk error if any does."""
+    codes = tuple(describe(code) for code in DISK_ERRNOS)
     return next((e for e in errors if any(code in e for code in codes)), errors[0])

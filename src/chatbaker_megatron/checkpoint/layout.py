@@ -16,6 +16,7 @@ import re
 import shutil
 from pathlib import Path
 
+from chatbaker_megatron.atomic_files import replace_file
 from chatbaker_megatron.checkpoint.manifest import ManifestError, check_files, read_manifest
 
 LATEST = "latest"
@@ -69,13 +70,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def write_latest(root: str, name: str) -> None:
-    """Point `latest` at `name`: written to a temp file, fsynced, then renamed over the old one."""
-    tmp = os.path.join(root, f".{LATEST}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(name + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(root, LATEST))
+    """Point `latest` at `name`, replacing the old marker atomically and durably."""
+    replace_file(os.path.join(root, LATEST), name + "\n")
 
 
 def remove_partial(root: str) -> None:

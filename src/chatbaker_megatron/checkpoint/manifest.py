@@ -27,6 +27,8 @@ from typing import Any
 
 import torch.distributed as dist
 
+from chatbaker_megatron.atomic_files import replacing
+
 MANIFEST = "manifest.json"
 FORMAT = 1
 _SHARD = re.compile(r"^__(\d+)_\d+\.distcp$")
@@ -113,23 +115,15 @@ def take_records(path: str) -> dict[str, FileRecord]:
 
 
 def write_manifest(directory: str, manifest: Manifest) -> None:
-    """Write and fsync the manifest, then fsync the directory so its entries are durable too."""
+    """Write the manifest atomically; the directory is fsynced, so its entries are durable too."""
     payload = {
         "format": FORMAT,
         "iteration": manifest.iteration,
         "finite": manifest.finite,
         "files": {name: asdict(record) for name, record in sorted(manifest.files.items())},
     }
-    path = os.path.join(directory, MANIFEST)
-    with open(path, "w", encoding="utf-8") as f:
+    with replacing(os.path.join(directory, MANIFEST)) as f:
         json.dump(payload, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ManifestError(ValueError):

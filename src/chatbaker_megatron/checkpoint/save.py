@@ -35,9 +35,9 @@ from chatbaker_megatron.checkpoint.disk import (
     room_problem,
     save_failure,
     state_bytes,
-    take_worker_errors,
-    worker_errors,
-    worker_errors_to,
+    take_write_failures,
+    write_failures,
+    write_failures_to,
 )
 from chatbaker_megatron.checkpoint.layout import (
     CheckpointError,
@@ -186,7 +186,7 @@ def write_checkpoint(
     """
     final, tmp = _begin(root, iteration)
     error = None
-    with worker_errors() as logged:
+    with write_failures() as failures:
         try:
             dist_checkpointing.save(sharded, tmp, sharded_strategy=_save_strategy())
         # megatron raises torch's CheckpointException (a BaseException) on every rank of a
@@ -194,7 +194,7 @@ def write_checkpoint(
         except (Exception, CheckpointException) as err:
             log.debug("checkpoint write failed", exc_info=True)
             needed = _previous_bytes(root) or state_bytes(sharded, dist.get_world_size())
-            error = save_failure(tmp, err, needed, logged)
+            error = save_failure(tmp, err, needed, failures)
     _complete(root, final, tmp, Manifest(iteration, finite), keep_last, error)
     return final
 
@@ -225,9 +225,9 @@ def start_background_write(
     )
     rank = dist.get_rank()
     # The writer process also checksums what it wrote (no stall for that), and
-    # keeps the errno of a failed write, which it only logs, for the message.
+    # keeps the errnos of its failed writes (disk.write_failures) for the message.
     records_file = os.path.join(tmp, f"{BOOKKEEPING_PREFIX}records.rank{rank}.json")
-    errors_file = os.path.join(tmp, f"{BOOKKEEPING_PREFIX}writer-errors.rank{rank}")
+    errors_file = os.path.join(tmp, f"{BOOKKEEPING_PREFIX}writer-errors.rank{rank}.json")
     write = request.async_fn
     training_process = os.getpid()
 
@@ -235,7 +235,7 @@ def start_background_write(
         # A writer outliving a killed rank could still be writing when the
         # restarted rank saves this iteration again.
         die_with(training_process)
-        with worker_errors_to(errors_file):
+        with write_failures_to(errors_file):
             write(*args, **kwargs)
         write_records(records_file, record_files(tmp, rank))
 
@@ -248,9 +248,9 @@ def start_background_write(
                 finalizer()
         except (Exception, CheckpointException) as err:
             log.debug("background checkpoint write failed", exc_info=True)
-            error = save_failure(tmp, err, _previous_bytes(root), take_worker_errors(errors_file))
+            error = save_failure(tmp, err, _previous_bytes(root), take_write_failures(errors_file))
         # Neither bookkeeping file may stay in a published checkpoint.
-        take_worker_errors(errors_file)
+        take_write_failures(errors_file)
         known = take_records(records_file)
         _complete(root, final, tmp, Manifest(iteration, finite), keep_last, error, known)
 

@@ -150,8 +150,11 @@ def _peers_from_this_rank(layout: PeerLayout) -> Iterator[None]:
     all_gather_object = dist.all_gather_object
     me = dist.get_rank(data_parallel_group())
 
-    def gather(object_list: list, shards: list, group: Any = None) -> None:
-        object_list[:] = [peer_shards(shards, p, me, layout) for p in range(len(object_list))]
+    # dist.all_gather_object's signature; megatron passes this rank's shard list as `obj`.
+    def gather(
+        object_list: list[Any], obj: Any, group: Any = None, weights_only: bool = False
+    ) -> None:
+        object_list[:] = [peer_shards(obj, p, me, layout) for p in range(len(object_list))]
 
     dist.all_gather_object = gather
     try:

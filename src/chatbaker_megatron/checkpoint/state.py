@@ -15,7 +15,7 @@ checkpoint), plus `scheduler` after training and `provenance` after an import.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
@@ -25,6 +25,9 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from chatbaker_megatron import platform
 from chatbaker_megatron.model.sharding import unwrap
+
+if TYPE_CHECKING:
+    from megatron.core.distributed import DistributedDataParallel
 
 # How the distributed optimizer's state is written (megatron's sharding types;
 # checkpoint.format / checkpoint.final_format choose, checkpoint/sizes.py
@@ -65,7 +68,7 @@ class TrainState:
 class ModelAndOptimizer(Protocol):
     """What a full checkpoint saves and restores (training's Engine is one)."""
 
-    chunks: list[torch.nn.Module]
+    chunks: list[DistributedDataParallel]
     optimizer: MegatronOptimizer
     scheduler: OptimizerParamScheduler
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chatbaker_megatron.config.checks import bounded
+from chatbaker_megatron.config.checks import Choice, bounded, check_values
 
-# How the distributed optimizer's state is written (checkpoint/state.py
-# OPTIMIZER_FORMATS; the costs of each in docs/training.md).
-CHECKPOINT_FORMATS = ("dp_reshardable", "fully_reshardable")
+
+class CheckpointFormat(Choice):
+    """How the distributed optimizer's state is written (checkpoint/state.py
+    OPTIMIZER_FORMATS; the costs of each in docs/training.md)."""
+
+    dp_reshardable = "dp_reshardable"
+    fully_reshardable = "fully_reshardable"
 
 
 @dataclass
@@ -34,5 +38,9 @@ class CheckpointConfig:
     # halt (dp_reshardable: every rank writes its own shard, no gather; resumes at the
     # same TP/PP/VPP, any DP) and for the save when a run reaches its last iteration
     # (fully_reshardable: loads at any layout; DP rank 0 gathers and writes it all).
-    format: str = "dp_reshardable"
-    final_format: str = "fully_reshardable"
+    format: CheckpointFormat = CheckpointFormat.dp_reshardable
+    final_format: CheckpointFormat = CheckpointFormat.fully_reshardable
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first impossible key of this group."""
+        check_values(self, "checkpoint.")

@@ -1,22 +1,33 @@
 """`chatbaker curate` config: conf/curate.yaml plus the `curate` group (conf/curate/*.yaml).
 
-One dataclass per concern; thresholds declare their ranges (config/checks.py)
-and `validate_curate_config` checks the rest before any stage runs. The
-Korean and English quality defaults and why: docs/curate.md.
+One dataclass per concern; thresholds declare their ranges and choices
+their enums (config/checks.py), and `CurateConfig.validate` checks the rest
+before any stage runs. The defaults here are the shipped ones (conf/curate.yaml
+holds only the defaults list); the Korean and English quality defaults and
+why: docs/curate.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from chatbaker_megatron.config.checks import ConfigError, bounded, check_ranges
-from chatbaker_megatron.config.executor import ExecutorConfig, validate_executor_config
+from chatbaker_megatron.config.checks import Choice, ConfigError, bounded, check_values
+from chatbaker_megatron.config.executor import ExecutorConfig, curate_executor
 
-ON_BAD_INPUT = ("skip", "fail")
-PII_KINDS = ("email", "rrn", "card", "phone", "ip")
+
+class OnBadInput(Choice):
+    skip = "skip"
+    fail = "fail"
+
+
+class PIIKind(Choice):
+    email = "email"
+    rrn = "rrn"
+    card = "card"
+    phone = "phone"
+    ip = "ip"
 
 
 @dataclass
@@ -26,7 +37,7 @@ class ReadConfig:
     id_key: str = "id"
     # Bad records (invalid JSON, undecodable bytes, missing/empty text) and
     # empty shards: `skip` counts them in the report, `fail` stops at the first.
-    on_bad_input: str = "skip"
+    on_bad_input: OnBadInput = OnBadInput.skip
     # Tried in order when a line is not UTF-8 (Korean legacy pages: cp949 = EUC-KR + UHC).
     fallback_encodings: list[str] = field(default_factory=lambda: ["cp949"])
     # A compressed file that ends in the middle (truncated) or fails its checksum: false
@@ -77,10 +88,26 @@ class QualityThresholds:
     )
 
 
+def _english_thresholds() -> QualityThresholds:
+    """Gopher's English rules, but for code-heavy technical text: fewer letter words
+    (punctuation runs count as words) and more symbols allowed."""
+    return QualityThresholds(
+        min_words=5,
+        min_mean_word_length=3.0,
+        max_mean_word_length=10.0,
+        min_alpha_words_ratio=0.3,
+        min_stop_words=2,
+        stop_words=["the", "be", "to", "of", "and", "that", "have", "with"],
+        max_symbol_ratio=0.6,
+    )
+
+
 @dataclass
 class QualityConfig:
+    # Words are eojeol for Korean; Korean function words are particles, so the
+    # stop-word rule is off for it (see ko_min_particle_ratio).
     ko: QualityThresholds = field(default_factory=QualityThresholds)
-    en: QualityThresholds = field(default_factory=QualityThresholds)
+    en: QualityThresholds = field(default_factory=_english_thresholds)
     # Korean particle rule (Gopher's stop words for Korean): share of Hangul
     # eojeol ending in a particle/ending, checked from `ko_particle_min_words` eojeol up.
     ko_min_particle_ratio: float | None = bounded(0.2, ge=0, le=1)
@@ -90,7 +117,7 @@ class QualityConfig:
 
 @dataclass
 class PIIConfig:
-    kinds: list[str] = field(default_factory=lambda: list(PII_KINDS))
+    kinds: list[PIIKind] = field(default_factory=lambda: list(PIIKind))
     # Numbers issued since October 2020 carry no check digit; false scrubs every
     # date-valid 13-digit number (more recall, more false positives).
     rrn_require_checksum: bool = True
@@ -120,46 +147,43 @@ class CurateConfig:
     quality: QualityConfig = field(default_factory=QualityConfig)
     pii: PIIConfig = field(default_factory=PIIConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
-    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    # The `curate` group (conf/curate/local.yaml, the default, or slurm.yaml) changes it.
+    executor: ExecutorConfig = field(default_factory=curate_executor)
     # gzip the output shards (`chatbaker preprocess` reads plain .jsonl).
     compress: bool = False
     # tqdm bars of the local stages.
     progress: bool = True
 
+    def validate(self) -> None:
+        """Raise ConfigError naming the first impossible key."""
+        check_values(self)
+        for key in ("input", "output"):
+            if not getattr(self, key) or getattr(self, key) == "???":
+                raise ConfigError(
+                    f"{key}: required (chatbaker curate input=PATH_OR_GLOB output=DIR)"
+                )
+        if not self.read.text_key:
+            raise ConfigError("read.text_key: expected the name of the text field")
+        for encoding in self.read.fallback_encodings:
+            try:
+                "".encode(encoding)
+            except LookupError:
+                raise ConfigError(
+                    f"read.fallback_encodings: unknown encoding {encoding!r}"
+                ) from None
+        for lang in ("ko", "en"):
+            q = getattr(self.quality, lang)
+            if len(q.max_top_ngram_char_frac) != 3:
+                raise ConfigError(
+                    f"quality.{lang}.max_top_ngram_char_frac: expected 3 values (2-, 3-, 4-grams)"
+                )
+            if len(q.max_dup_ngram_char_frac) != 6:
+                raise ConfigError(
+                    f"quality.{lang}.max_dup_ngram_char_frac: expected 6 values (5..10-grams)"
+                )
+        self.executor.validate()
+
 
 def register() -> None:
     """Make `curate_schema` available to conf/curate.yaml's defaults list."""
     ConfigStore.instance().store(name="curate_schema", node=CurateConfig)
-
-
-def validate_curate_config(cfg: Any) -> None:
-    """Raise ConfigError naming the first impossible key of a CurateConfig."""
-    check_ranges(cfg)
-    for key in ("input", "output"):
-        if not getattr(cfg, key) or getattr(cfg, key) == "???":
-            raise ConfigError(f"{key}: required (chatbaker curate input=PATH_OR_GLOB output=DIR)")
-    if cfg.read.on_bad_input not in ON_BAD_INPUT:
-        raise ConfigError(
-            f"read.on_bad_input={cfg.read.on_bad_input!r}: expected one of {', '.join(ON_BAD_INPUT)}"
-        )
-    if not cfg.read.text_key:
-        raise ConfigError("read.text_key: expected the name of the text field")
-    for encoding in cfg.read.fallback_encodings:
-        try:
-            "".encode(encoding)
-        except LookupError:
-            raise ConfigError(f"read.fallback_encodings: unknown encoding {encoding!r}") from None
-    for kind in cfg.pii.kinds:
-        if kind not in PII_KINDS:
-            raise ConfigError(f"pii.kinds: {kind!r} is not one of {', '.join(PII_KINDS)}")
-    for lang in ("ko", "en"):
-        q = getattr(cfg.quality, lang)
-        if len(q.max_top_ngram_char_frac) != 3:
-            raise ConfigError(
-                f"quality.{lang}.max_top_ngram_char_frac: expected 3 values (2-, 3-, 4-grams)"
-            )
-        if len(q.max_dup_ngram_char_frac) != 6:
-            raise ConfigError(
-                f"quality.{lang}.max_dup_ngram_char_frac: expected 6 values (5..10-grams)"
-            )
-    validate_executor_config(cfg.executor)

@@ -14,10 +14,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chatbaker_megatron.config.checks import bounded, check_ranges
+from chatbaker_megatron.config.checks import Choice, ConfigError, bounded, check_values
 
-DATA_KINDS = ("pretrain", "sft", "preference")
-CACHE_MODES = ("node_local", "shared")
+
+class DataKind(Choice):
+    pretrain = "pretrain"
+    sft = "sft"
+    preference = "preference"
+
+
+class CacheMode(Choice):
+    node_local = "node_local"
+    shared = "shared"
+
+
 # The chat templates that ship with the package (data/templates.py defines
 # them; named here so that the config is checked without importing data).
 CHAT_TEMPLATES = ("chatbaker", "vicuna_v1.1")
@@ -78,8 +88,8 @@ class PreferenceDataConfig:
 class DataConfig:
     """Training data: tokenizer, pretraining blend or SFT set, index cache."""
 
-    # `pretrain` (blend of indexed datasets) or `sft` (conversation set).
-    kind: str = "pretrain"
+    # `pretrain` (blend of indexed datasets), `sft` (conversation set) or `preference` (pairs).
+    kind: DataKind = DataKind.pretrain
     # Directory that relative paths below are taken from.
     root: str = "."
     # Tokenizer directory (tokenizer.json + tokenizer_config.json); relative to `root`.
@@ -98,9 +108,25 @@ class DataConfig:
     # `<cache_dir>/<hostname>` (no shared filesystem needed); `shared`: rank 0
     # builds it once and the other ranks read it, so `cache_dir` must be on a
     # filesystem that every node sees.
-    cache_mode: str = "node_local"
+    cache_mode: CacheMode = CacheMode.node_local
     sft: SFTConfig = field(default_factory=SFTConfig)
     preference: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first impossible key of this group.
+
+        Done when the run config is composed, before any process group starts.
+        File existence is checked when the datasets are built, since
+        `prepare_demo` may create them first; a template YAML file's contents,
+        where the template is loaded.
+        """
+        check_values(self, "data.")
+        if not self.tokenizer:
+            _fail("tokenizer", self.tokenizer, "a tokenizer directory")
+        if self.kind == DataKind.pretrain:
+            _validate_pretrain(self)
+        else:
+            _validate_chat_set(getattr(self, self.kind), self.kind)
 
 
 def resolve_path(root: str, path: str) -> str:
@@ -115,33 +141,10 @@ def cache_dir(cfg: Any) -> str:
 
 
 def _fail(key: str, value: object, expected: str) -> None:
-    raise ValueError(f"data.{key}={value!r}: expected {expected}")
+    raise ConfigError(f"data.{key}={value!r}: expected {expected}")
 
 
-def validate_data_config(cfg: Any) -> None:
-    """Check a DataConfig (dataclass or OmegaConf node); raise ValueError naming the key.
-
-    This is the one check of the data group, done when the run config is
-    composed, before any process group starts. File existence is checked
-    when the datasets are built, since `prepare_demo` may create them first;
-    a template YAML file's contents, where the template is loaded.
-    """
-    check_ranges(cfg, "data.")
-    if cfg.kind not in DATA_KINDS:
-        _fail("kind", cfg.kind, f"one of {', '.join(DATA_KINDS)}")
-    if not cfg.tokenizer:
-        _fail("tokenizer", cfg.tokenizer, "a tokenizer directory")
-    if cfg.cache_mode not in CACHE_MODES:
-        _fail("cache_mode", cfg.cache_mode, f"one of {', '.join(CACHE_MODES)}")
-    if cfg.kind == "pretrain":
-        _validate_pretrain(cfg)
-    elif cfg.kind == "sft":
-        _validate_chat_set(cfg.sft, "sft")
-    else:
-        _validate_chat_set(cfg.preference, "preference")
-
-
-def _validate_pretrain(cfg: Any) -> None:
+def _validate_pretrain(cfg: DataConfig) -> None:
     if len(cfg.datasets) == 0:
         _fail("datasets", list(cfg.datasets), "at least one dataset for kind=pretrain")
     names = set()
@@ -170,7 +173,7 @@ def _validate_chat_set(chat_set: Any, kind: str) -> None:
     if chat_set.template not in CHAT_TEMPLATES and not (
         template.suffix in TEMPLATE_SUFFIXES and template.is_file()
     ):
-        raise ValueError(
+        raise ConfigError(
             f"data.{kind}.template={chat_set.template!r}: unknown chat template "
             f"{chat_set.template!r}: "
             f"expected one of {', '.join(CHAT_TEMPLATES)} or a template .yaml file"

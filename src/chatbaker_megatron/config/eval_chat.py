@@ -2,8 +2,11 @@
 
 Models are a mapping name -> endpoint, so a Hydra override adds or removes
 one (`+models.gpt4o.model=gpt-4o`, `~models.demo-plm`); the judge is one
-endpoint. Numeric keys declare their ranges (config/checks.py) and
-`validate_eval_chat_config` checks the rest before any call is made.
+endpoint. Numeric keys declare their ranges and choices their enums
+(config/checks.py), and `EvalChatConfig.validate` checks the rest before any
+call is made. The defaults here are the shipped ones (conf/eval_chat.yaml holds
+only the defaults list): the two demo models that `make demo-eval-chat` serves,
+compared with the judge-free chrF metric.
 """
 
 from __future__ import annotations
@@ -16,10 +19,29 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from chatbaker_megatron.config.checks import ConfigError, bounded, check_known_keys, check_ranges
+from chatbaker_megatron.config.checks import (
+    Choice,
+    ConfigError,
+    bounded,
+    check_known_keys,
+    check_values,
+)
 
-MODES = ("single", "pairwise", "reference")
-BUNDLED_LANGUAGES = ("ko", "en")
+
+class Mode(Choice):
+    """single: the judge grades each answer 1-10; pairwise: it picks the better of two
+    (both orders); reference: chrF against the reference answers, no judge."""
+
+    single = "single"
+    pairwise = "pairwise"
+    reference = "reference"
+
+
+class BundledLanguage(Choice):
+    ko = "ko"
+    en = "en"
+
+
 # Model and judge names become file names (model_answer/<name>.jsonl).
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -45,6 +67,10 @@ class EndpointConfig:
 
 @dataclass
 class JudgeConfig(EndpointConfig):
+    base_url: str = "https://api.openai.com/v1"
+    model: str = "gpt-4o"
+    # The key is read from this variable, never from the config.
+    api_key_env: str | None = "OPENAI_API_KEY"
     # The judge answers deterministically and briefly: a rationale and a verdict.
     temperature: float | None = bounded(0.0, ge=0, le=2)
     max_tokens: int = bounded(1024, ge=1)
@@ -56,8 +82,8 @@ class JudgeConfig(EndpointConfig):
 
 @dataclass
 class QuestionsConfig:
-    # The bundled question sets to include (ko, en; [] for none).
-    bundled: list[str] = field(default_factory=lambda: list(BUNDLED_LANGUAGES))
+    # The bundled question sets to include (ko, en: 40 questions each in 8 categories; [] for none).
+    bundled: list[BundledLanguage] = field(default_factory=lambda: list(BundledLanguage))
     # More question files in FastChat's question.jsonl format.
     files: list[str] = field(default_factory=list)
     # Keep only these categories ([]: all).
@@ -99,16 +125,23 @@ class StatsConfig:
     seed: int = bounded(0, ge=0)
 
 
+def _demo_models() -> dict[str, Any]:
+    """The two demo models `make demo-eval-chat` serves (the PLM and its SFT)."""
+    return {
+        name: {"base_url": f"http://127.0.0.1:{port}/v1", "model": name, "max_tokens": 128}
+        for name, port in (("demo-plm", 8101), ("demo-sft", 8102))
+    }
+
+
 @dataclass
 class EvalChatConfig:
     # Answers, judgments and the report: <output>/model_answer, model_judgment, report.*.
     output: str = "runs/eval_chat"
-    # single: the judge grades each answer 1-10; pairwise: it picks the better of two
-    # (both orders); reference: chrF against the reference answers, no judge.
-    mode: str = "single"
+    mode: Mode = Mode.reference
     # name -> EndpointConfig fields (untyped here so that Hydra overrides can add a model:
-    # `+models.NAME={base_url:...,model:...}`; to_eval_chat_config types and checks them).
-    models: dict[str, Any] = field(default_factory=dict)
+    # `+models.NAME={base_url:...,model:...}`, or remove one: `~models.demo-plm`;
+    # to_eval_chat_config types and checks them).
+    models: dict[str, Any] = field(default_factory=_demo_models)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     questions: QuestionsConfig = field(default_factory=QuestionsConfig)
     pairwise: PairwiseConfig = field(default_factory=PairwiseConfig)
@@ -116,6 +149,29 @@ class EvalChatConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     progress: bool = True
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first impossible key."""
+        check_values(self)
+        if not self.models:
+            raise ConfigError("models: at least one model (name -> base_url, model)")
+        for name, endpoint in self.models.items():
+            if not NAME_PATTERN.match(name):
+                raise ConfigError(f"models.{name}: a name of letters, digits, '.', '_' and '-'")
+            _check_endpoint(f"models.{name}", endpoint)
+        if self.mode != Mode.reference:
+            _check_endpoint("judge", self.judge)
+            if self.judge.name is not None and not NAME_PATTERN.match(self.judge.name):
+                raise ConfigError(f"judge.name={self.judge.name!r}: letters, digits, '.', '_', '-'")
+        if self.mode == Mode.pairwise and len(self.models) < 2:
+            raise ConfigError("mode=pairwise: needs at least two models")
+        baseline = self.pairwise.baseline
+        if baseline is not None and baseline not in self.models:
+            raise ConfigError(
+                f"pairwise.baseline={baseline!r}: not one of the models ({', '.join(self.models)})"
+            )
+        if not self.questions.bundled and not self.questions.files:
+            raise ConfigError("questions: no bundled set and no files")
 
 
 def register() -> None:
@@ -135,14 +191,17 @@ def to_eval_chat_config(node: DictConfig) -> EvalChatConfig:
             typed = OmegaConf.merge(OmegaConf.structured(EndpointConfig), fields_)
         except OmegaConfBaseException as err:
             raise ConfigError(f"models.{name}: {err}") from None
-        models[name] = OmegaConf.to_object(typed)
+        endpoint = OmegaConf.to_object(typed)
+        assert isinstance(endpoint, EndpointConfig)  # merged onto a structured EndpointConfig
+        models[name] = endpoint
     cfg = OmegaConf.to_object(node)
+    assert isinstance(cfg, EvalChatConfig)  # composed with eval_chat_schema
     cfg.models = models
     return cfg
 
 
 def _check_endpoint(key: str, endpoint: EndpointConfig) -> None:
-    check_ranges(endpoint, f"{key}.")
+    check_values(endpoint, f"{key}.")
     for name in ("base_url", "model"):
         value = getattr(endpoint, name)
         if not value:
@@ -154,34 +213,3 @@ def _check_endpoint(key: str, endpoint: EndpointConfig) -> None:
 def judge_name(cfg: EvalChatConfig) -> str:
     """The judge's name in the judgment files."""
     return cfg.judge.name or re.sub(r"[^A-Za-z0-9._-]", "_", cfg.judge.model)
-
-
-def validate_eval_chat_config(cfg: EvalChatConfig) -> None:
-    """Raise ConfigError naming the first impossible key."""
-    check_ranges(cfg)
-    if cfg.mode not in MODES:
-        raise ConfigError(f"mode={cfg.mode!r}: expected one of {', '.join(MODES)}")
-    if not cfg.models:
-        raise ConfigError("models: at least one model (name -> base_url, model)")
-    for name, endpoint in cfg.models.items():
-        if not NAME_PATTERN.match(name):
-            raise ConfigError(f"models.{name}: a name of letters, digits, '.', '_' and '-'")
-        _check_endpoint(f"models.{name}", endpoint)
-    if cfg.mode != "reference":
-        _check_endpoint("judge", cfg.judge)
-        if cfg.judge.name is not None and not NAME_PATTERN.match(cfg.judge.name):
-            raise ConfigError(f"judge.name={cfg.judge.name!r}: letters, digits, '.', '_', '-'")
-    if cfg.mode == "pairwise" and len(cfg.models) < 2:
-        raise ConfigError("mode=pairwise: needs at least two models")
-    baseline = cfg.pairwise.baseline
-    if baseline is not None and baseline not in cfg.models:
-        raise ConfigError(
-            f"pairwise.baseline={baseline!r}: not one of the models ({', '.join(cfg.models)})"
-        )
-    for language in cfg.questions.bundled:
-        if language not in BUNDLED_LANGUAGES:
-            raise ConfigError(
-                f"questions.bundled: {language!r} is not one of {', '.join(BUNDLED_LANGUAGES)}"
-            )
-    if not cfg.questions.bundled and not cfg.questions.files:
-        raise ConfigError("questions: no bundled set and no files")

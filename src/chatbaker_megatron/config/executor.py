@@ -18,17 +18,22 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from chatbaker_megatron.config.checks import ConfigError, bounded, check_ranges
+from chatbaker_megatron.config.checks import Choice, ConfigError, bounded, check_values
 from chatbaker_megatron.config.compose import CONFIG_MODULE
 
-EXECUTOR_KINDS = ("local", "slurm")
+
+class ExecutorKind(Choice):
+    local = "local"
+    slurm = "slurm"
+
+
 # sbatch --time: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS.
 _SLURM_TIME = re.compile(r"\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}")
 
 
 @dataclass
 class ExecutorConfig:
-    kind: str = "local"
+    kind: ExecutorKind = ExecutorKind.local
     # Tasks split the input files between them (datatrove shards files by
     # rank); each task is one unit of resumption: a finished task leaves a
     # completion marker and is never run again.
@@ -56,22 +61,31 @@ class ExecutorConfig:
     # The cluster's MaxArraySize: larger jobs are launched as several arrays.
     max_array_size: int = bounded(1001, ge=1)
 
+    def validate(self) -> None:
+        """Raise ConfigError naming the first impossible key (`executor.` + its name)."""
+        check_values(self, "executor.")
+        if self.kind != ExecutorKind.slurm:
+            return
+        if not self.partition:
+            raise ConfigError(
+                "executor.partition: required for kind=slurm (the sbatch --partition)"
+            )
+        if not _SLURM_TIME.fullmatch(str(self.time)):
+            raise ConfigError(
+                f"executor.time={self.time!r}: expected an sbatch time limit such as 24:00:00 "
+                "or 2-00:00:00"
+            )
+        if not self.job_name or any(c.isspace() for c in self.job_name):
+            raise ConfigError(
+                f"executor.job_name={self.job_name!r}: expected a name without spaces"
+            )
 
-def validate_executor_config(cfg: ExecutorConfig, prefix: str = "executor.") -> None:
-    """Raise ConfigError naming the first impossible key (`prefix` + its name)."""
-    check_ranges(cfg, prefix)
-    if cfg.kind not in EXECUTOR_KINDS:
-        raise ConfigError(f"{prefix}kind={cfg.kind!r}: expected one of {', '.join(EXECUTOR_KINDS)}")
-    if cfg.kind != "slurm":
-        return
-    if not cfg.partition:
-        raise ConfigError(f"{prefix}partition: required for kind=slurm (the sbatch --partition)")
-    if not _SLURM_TIME.fullmatch(str(cfg.time)):
-        raise ConfigError(
-            f"{prefix}time={cfg.time!r}: expected an sbatch time limit such as 24:00:00 or 2-00:00:00"
-        )
-    if not cfg.job_name or any(c.isspace() for c in cfg.job_name):
-        raise ConfigError(f"{prefix}job_name={cfg.job_name!r}: expected a name without spaces")
+
+def curate_executor() -> ExecutorConfig:
+    """`chatbaker curate`'s executor, which its presets (conf/curate/*.yaml) change: on
+    this machine one task at a time (the `local` preset, the default), which needs no
+    extra process per task."""
+    return ExecutorConfig(workers=1)
 
 
 def preset_path(name: str) -> str:
@@ -82,8 +96,10 @@ def preset_path(name: str) -> str:
 def load_executor_config(path: str) -> ExecutorConfig:
     """An ExecutorConfig from a YAML file of its keys, or of a config whose `executor:` holds them
     (a `chatbaker curate` preset), so one preset serves both verbs. A bare name (`slurm`) is
-    the bundled curate preset of that name."""
-    if os.sep not in path and not path.endswith((".yaml", ".yml")):
+    the bundled curate preset of that name. A curate preset's keys change curate's executor
+    (`curate_executor`), any other file's ExecutorConfig's defaults."""
+    bundled = os.sep not in path and not path.endswith((".yaml", ".yml"))
+    if bundled:
         path = preset_path(path)
     try:
         node = OmegaConf.load(path)
@@ -93,12 +109,15 @@ def load_executor_config(path: str) -> ExecutorConfig:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     if not OmegaConf.is_dict(node):
         raise ConfigError(f"{path}: expected a YAML mapping of executor keys")
+    curate_preset = bundled or "executor" in node
     if "executor" in node:
         node = node.executor
+    base = curate_executor() if curate_preset else ExecutorConfig()
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(ExecutorConfig), node)
+        merged = OmegaConf.merge(OmegaConf.structured(base), node)
     except OmegaConfBaseException as err:
         raise ConfigError(f"{path}: {err}") from None
     cfg = OmegaConf.to_object(merged)
-    validate_executor_config(cfg)
+    assert isinstance(cfg, ExecutorConfig)  # merged onto a structured ExecutorConfig
+    cfg.validate()
     return cfg

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chatbaker_megatron.config.checks import bounded
+from chatbaker_megatron.config.checks import bounded, check_values
 
 
 @dataclass
@@ -17,3 +17,7 @@ class LaunchConfig:
     # torchrun --monitor-interval: seconds between its checks of the ranks, so
     # the delay before a dead rank is noticed.
     monitor_interval: float = bounded(1.0, gt=0)
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first impossible key of this group."""
+        check_values(self, "launch.")

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from chatbaker_megatron.config.checks import bounded
+from chatbaker_megatron.config.checks import Choice, ConfigError, bounded, check_values
 
-KERNEL_BACKENDS = ("auto", "te", "flash", "apex", "cuda", "triton", "torch")
+
+class KernelBackend(Choice):
+    auto = "auto"
+    te = "te"
+    flash = "flash"
+    apex = "apex"
+    cuda = "cuda"
+    triton = "triton"
+    torch = "torch"
 
 
 @dataclass
@@ -18,20 +26,25 @@ class KernelsConfig:
     not installed is an error at startup, never a silent fallback.
     """
 
-    attention: str = "auto"
-    norm: str = "auto"
+    attention: KernelBackend = KernelBackend.auto
+    norm: KernelBackend = KernelBackend.auto
 
 
 @dataclass
 class ModelConfig:
-    """A LLaMA-architecture decoder: RMSNorm pre-norm, RoPE, SwiGLU, no biases, untied embeddings."""
+    """A LLaMA-architecture decoder: RMSNorm pre-norm, RoPE, SwiGLU, no biases, untied embeddings.
+
+    The defaults are the tiny model of the CPU demo and tests (conf/model/tiny.yaml):
+    every feature of the real models (GQA included) at a size 2 CPU cores train in
+    minutes; 4 layers so PP=2 with 2 virtual stages divides evenly.
+    """
 
     name: str = "tiny"
     num_layers: int = bounded(4, ge=1)
     hidden_size: int = bounded(128, ge=1)
     num_attention_heads: int = bounded(4, ge=1)
     # Number of key/value heads (GQA); null means one KV head per query head (MHA).
-    num_query_groups: int | None = bounded(None, ge=1)
+    num_query_groups: int | None = bounded(2, ge=1)
     ffn_hidden_size: int = bounded(352, ge=1)
     # The tokenizer's vocabulary, stated for the planner (which has no tokenizer);
     # null takes it from the tokenizer. A model is always built for its
@@ -39,11 +52,25 @@ class ModelConfig:
     # The embedding is padded to a multiple of make_vocab_size_divisible_by * TP.
     vocab_size: int | None = bounded(None, ge=1)
     make_vocab_size_divisible_by: int = bounded(128, ge=1)
-    max_position_embeddings: int = bounded(2048, ge=1)
+    max_position_embeddings: int = bounded(512, ge=1)
     norm_epsilon: float = bounded(1e-6, gt=0)
     rotary_base: float = bounded(10000.0, gt=1)
     init_method_std: float = bounded(0.02, gt=0)
     kernels: KernelsConfig = field(default_factory=KernelsConfig)
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first impossible key of this group."""
+        check_values(self, "model.")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"model.hidden_size={self.hidden_size}: must be divisible by "
+                f"model.num_attention_heads={self.num_attention_heads}"
+            )
+        if self.num_attention_heads % self.kv_heads:
+            raise ConfigError(
+                f"model.num_query_groups={self.num_query_groups}: must divide "
+                f"model.num_attention_heads={self.num_attention_heads}"
+            )
 
     @property
     def kv_heads(self) -> int:

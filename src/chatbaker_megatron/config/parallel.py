@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chatbaker_megatron.config.checks import bounded
+from chatbaker_megatron.config.checks import Choice, ConfigError, bounded, check_values
 
-RECOMPUTE_MODES = ("none", "selective", "full")
+
+class RecomputeMode(Choice):
+    """Activation recompute: none | selective (core attention) | full (whole layers)."""
+
+    none = "none"
+    selective = "selective"
+    full = "full"
 
 
 @dataclass
@@ -27,8 +33,7 @@ class ParallelConfig:
     # set, a world size that does not give this DP is an error.
     dp: int | None = bounded(None, ge=1)
     micro_batch_size: int = bounded(1, ge=1)
-    # Activation recompute: none | selective (core attention) | full (whole layers).
-    recompute: str = "none"
+    recompute: RecomputeMode = RecomputeMode.none
     # With recompute=full: layers per recomputed block (uniform method).
     recompute_num_layers: int = bounded(1, ge=1)
     # ZeRO-1: shard the fp32 main params and optimizer state over data-parallel ranks.
@@ -40,6 +45,27 @@ class ParallelConfig:
     # (megatron's overlap_param_gather: needs distributed_optimizer and the grad
     # reduce overlapped; null = on wherever those two are).
     overlap_param_gather: bool | None = None
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first impossible key of this group (world-size
+        rules need the cluster: schema.validate)."""
+        check_values(self, "parallel.")
+        if self.cp != 1:
+            raise ConfigError(f"parallel.cp={self.cp}: only context parallel size 1 is supported")
+        if self.sp and self.tp == 1:
+            raise ConfigError("parallel.sp=True: sequence parallel needs parallel.tp > 1")
+        if self.vpp is not None and self.pp == 1:
+            raise ConfigError(f"parallel.vpp={self.vpp}: virtual stages need parallel.pp > 1")
+        if self.overlap_param_gather and not self.distributed_optimizer:
+            raise ConfigError(
+                "parallel.overlap_param_gather=True: needs parallel.distributed_optimizer=true "
+                "(it overlaps that optimizer's all-gather)"
+            )
+        if self.overlap_param_gather and self.overlap_grad_reduce is False:
+            raise ConfigError(
+                "parallel.overlap_param_gather=True: needs parallel.overlap_grad_reduce "
+                "(megatron overlaps both or only the reduce)"
+            )
 
     def overlaps(self, on_gpu: bool) -> Overlaps:
         """The communication overlaps this layout runs with on GPUs (on_gpu) or CPUs."""

@@ -1,50 +1,74 @@
 """The root run config, its registration with Hydra, and cross-group validation.
 
 Each Hydra group has one dataclass (config/<group>.py); `RunConfig` ties them
-together. Hydra merges the YAML files onto these dataclasses, so a wrong
-type fails at compose time; `to_run_config` refuses keys the schema lacks
-(`+train.foo=1`, which Hydra adds even in struct mode); `validate` checks
-every numeric key against its declared range (config/checks.py), then the
-combinations no single group can (heads vs TP, layers vs PP*VPP, batch vs
-micro batch * DP, ...). All run before any process group starts.
+together, and its defaults are the bundled demo run's (conf/config.yaml's
+default options hold nothing of their own). Hydra merges the YAML files onto
+these dataclasses, so a wrong type or a value outside a `Choice` fails at
+compose time; `to_run_config` refuses keys the schema lacks (`+train.foo=1`,
+which Hydra adds even in struct mode); `validate` has each group check itself
+(its declared ranges and choices, config/checks.py, then its own rules), then
+checks the combinations no single group can (heads vs TP, layers vs PP*VPP,
+batch vs micro batch * DP, ...). All run before any process group starts.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from chatbaker_megatron.config.checkpoint import CHECKPOINT_FORMATS, CheckpointConfig
-from chatbaker_megatron.config.checks import ConfigError, check_known_keys, check_ranges
-from chatbaker_megatron.config.cluster import PRECISIONS, ClusterConfig
-from chatbaker_megatron.config.data import DataConfig, validate_data_config
+from chatbaker_megatron.config.checkpoint import CheckpointConfig
+from chatbaker_megatron.config.checks import ConfigError, check_known_keys
+from chatbaker_megatron.config.cluster import ClusterConfig
+from chatbaker_megatron.config.data import DataConfig, DatasetConfig
 from chatbaker_megatron.config.launch import LaunchConfig
 from chatbaker_megatron.config.logging import LoggingConfig
-from chatbaker_megatron.config.model import KERNEL_BACKENDS, ModelConfig
-from chatbaker_megatron.config.optim import LR_DECAY_STYLES, RESUME_SCHEDULES, OptimConfig
-from chatbaker_megatron.config.parallel import RECOMPUTE_MODES, ParallelConfig
-from chatbaker_megatron.config.train import (
-    NAN_POLICIES,
-    PREFERENCE_LOSSES,
-    SPIKE_POLICIES,
-    TrainConfig,
-)
+from chatbaker_megatron.config.model import ModelConfig
+from chatbaker_megatron.config.optim import OptimConfig
+from chatbaker_megatron.config.parallel import ParallelConfig
+from chatbaker_megatron.config.train import TrainConfig
+
+
+def _demo_layout() -> ParallelConfig:
+    """conf/parallel/dp2.yaml: the two CPU ranks as data-parallel replicas with ZeRO-1.
+
+    The run's, not ParallelConfig's own defaults: code that builds a layout
+    (`ParallelConfig(tp=2)`) starts from one plain replica."""
+    return ParallelConfig(micro_batch_size=2, distributed_optimizer=True)
+
+
+def _demo_data() -> DataConfig:
+    """conf/data/demo.yaml: the bundled sample corpus, built into `root` on first use.
+
+    The run's, not DataConfig's own defaults: code that describes a dataset
+    (`DataConfig(root=...)`) gets no demo to prepare."""
+    return DataConfig(
+        root="runs/demo_data",
+        prepare_demo=True,
+        datasets=[
+            DatasetConfig(name="ko_law_bills", path="pretrain_ko"),
+            DatasetConfig(name="en_pydoc", path="pretrain_en"),
+        ],
+        split=[90.0, 5.0, 5.0],
+    )
 
 
 @dataclass
 class RunConfig:
-    name: str = "demo"
-    # One directory for the whole run, shared by all ranks and nodes.
-    run_dir: str = "runs/demo"
+    # Interpolations, resolved when the config is composed: the run is named after its
+    # model and data unless a preset or override names it.
+    name: str = "${model.name}-${data.kind}"
+    # One directory for the whole run, shared by every rank and node (no
+    # timestamps: all ranks must agree on it). Re-running with the same run_dir
+    # resumes from its latest checkpoint.
+    run_dir: str = "runs/${name}"
     model: ModelConfig = field(default_factory=ModelConfig)
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    parallel: ParallelConfig = field(default_factory=_demo_layout)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = field(default_factory=_demo_data)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -68,52 +92,25 @@ def _require(ok: bool, key: str, value: Any, expected: str) -> None:
         raise ConfigError(f"{key}={value!r}: {expected}")
 
 
-def _one_of(key: str, value: Any, choices: tuple) -> None:
-    _require(value in choices, key, value, f"expected one of {', '.join(map(str, choices))}")
+def validate(cfg: RunConfig, world_size: int | None = None) -> None:
+    """Check a RunConfig; raise ConfigError naming the offending key.
 
-
-def train_iters(train: Any) -> int:
-    """The iteration budget, from train.train_iters or train.train_tokens."""
-    if train.train_iters is not None:
-        return int(train.train_iters)
-    return math.ceil(train.train_tokens / (train.global_batch_size * train.seq_length))
-
-
-def validate(cfg: Any, world_size: int | None = None) -> None:
-    """Check a composed RunConfig; raise ConfigError naming the offending key.
-
-    `world_size` defaults to the cluster's nodes * devices_per_node. Every
-    numeric key is first checked against its declared range, so the
-    combinations below never see a zero or negative size.
+    Each group validates itself first (its declared ranges and choices, then
+    its own rules), so the combinations below never see a zero or negative
+    size. `world_size` defaults to the cluster's nodes * devices_per_node.
     """
-    check_ranges(cfg)
-    model, par, cluster, train, optim = cfg.model, cfg.parallel, cfg.cluster, cfg.train, cfg.optim
-    world = cluster.nodes * cluster.devices_per_node if world_size is None else world_size
     _require(
         bool(str(cfg.run_dir).strip()),
         "run_dir",
         cfg.run_dir,
         "a directory (empty would train into the current directory)",
     )
+    for group in fields(cfg):
+        if group.name not in ("name", "run_dir"):
+            getattr(cfg, group.name).validate()
+    model, par, cluster, train, optim = cfg.model, cfg.parallel, cfg.cluster, cfg.train, cfg.optim
+    world = cluster.world_size if world_size is None else world_size
 
-    _require(
-        model.hidden_size % model.num_attention_heads == 0,
-        "model.hidden_size",
-        model.hidden_size,
-        f"must be divisible by model.num_attention_heads={model.num_attention_heads}",
-    )
-    kv_heads = model.num_query_groups or model.num_attention_heads
-    _require(
-        model.num_attention_heads % kv_heads == 0,
-        "model.num_query_groups",
-        model.num_query_groups,
-        f"must divide model.num_attention_heads={model.num_attention_heads}",
-    )
-    _one_of("model.kernels.attention", model.kernels.attention, KERNEL_BACKENDS)
-    _one_of("model.kernels.norm", model.kernels.norm, KERNEL_BACKENDS)
-
-    _require(par.cp == 1, "parallel.cp", par.cp, "only context parallel size 1 is supported")
-    _one_of("parallel.recompute", par.recompute, RECOMPUTE_MODES)
     _require(
         world % (par.tp * par.pp * par.cp) == 0,
         "parallel.tp*pp*cp",
@@ -131,10 +128,10 @@ def validate(cfg: Any, world_size: int | None = None) -> None:
         f"must divide model.num_attention_heads={model.num_attention_heads}",
     )
     _require(
-        kv_heads % par.tp == 0,
+        model.kv_heads % par.tp == 0,
         "parallel.tp",
         par.tp,
-        f"must divide the key/value heads (model.num_query_groups={kv_heads})",
+        f"must divide the key/value heads (model.num_query_groups={model.kv_heads})",
     )
     _require(
         model.ffn_hidden_size % par.tp == 0,
@@ -142,24 +139,6 @@ def validate(cfg: Any, world_size: int | None = None) -> None:
         par.tp,
         f"must divide model.ffn_hidden_size={model.ffn_hidden_size}",
     )
-    _require(
-        not par.sp or par.tp > 1, "parallel.sp", par.sp, "sequence parallel needs parallel.tp > 1"
-    )
-    if par.vpp is not None:
-        _require(par.pp > 1, "parallel.vpp", par.vpp, "virtual stages need parallel.pp > 1")
-    if par.overlap_param_gather:
-        _require(
-            par.distributed_optimizer,
-            "parallel.overlap_param_gather",
-            True,
-            "needs parallel.distributed_optimizer=true (it overlaps that optimizer's all-gather)",
-        )
-        _require(
-            par.overlap_grad_reduce is not False,
-            "parallel.overlap_param_gather",
-            True,
-            "needs parallel.overlap_grad_reduce (megatron overlaps both or only the reduce)",
-        )
     stages = par.pp * (par.vpp or 1)
     _require(
         model.num_layers % stages == 0,
@@ -197,39 +176,13 @@ def validate(cfg: Any, world_size: int | None = None) -> None:
             f"multiple of parallel.pp={par.pp}",
         )
     _require(
-        (train.train_iters is None) != (train.train_tokens is None),
-        "train.train_iters",
-        train.train_iters,
-        f"set exactly one of train.train_iters and train.train_tokens (train_tokens={train.train_tokens})",
-    )
-    _one_of("train.nan_policy", train.nan_policy, NAN_POLICIES)
-    _one_of("checkpoint.format", cfg.checkpoint.format, CHECKPOINT_FORMATS)
-    _one_of("checkpoint.final_format", cfg.checkpoint.final_format, CHECKPOINT_FORMATS)
-    _one_of("train.spike_policy", train.spike_policy, SPIKE_POLICIES)
-    _one_of("train.preference.loss", train.preference.loss, PREFERENCE_LOSSES)
-    _require(
         train.fault_injection.rank < world,
         "train.fault_injection.rank",
         train.fault_injection.rank,
         f"expected a rank of the world of {world}",
     )
 
-    _require(
-        optim.min_lr <= optim.lr,
-        "optim.min_lr",
-        optim.min_lr,
-        f"expected <= optim.lr={optim.lr}",
-    )
-    _one_of("optim.decay_style", optim.decay_style, LR_DECAY_STYLES)
-    _one_of("optim.resume_schedule", optim.resume_schedule, RESUME_SCHEDULES)
-    _require(
-        optim.warmup_ratio is None or optim.warmup_iters is None,
-        "optim.warmup_ratio",
-        optim.warmup_ratio,
-        f"set at most one of optim.warmup_ratio and optim.warmup_iters (={optim.warmup_iters})",
-    )
-
-    iters = train_iters(train)
+    iters = train.iterations
     warmup = optim.warmup_iterations(iters)
     decay = optim.decay_iters or iters
     if iters > 0:
@@ -239,12 +192,6 @@ def validate(cfg: Any, world_size: int | None = None) -> None:
             warmup,
             f"warmup must be shorter than the decay ({decay} iterations: optim.decay_iters or the run)",
         )
-
-    _one_of("cluster.precision", cluster.precision, PRECISIONS)
-    try:
-        validate_data_config(cfg.data)
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:

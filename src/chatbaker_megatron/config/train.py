@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-from chatbaker_megatron.config.checks import bounded
+from chatbaker_megatron.config.checks import Choice, ConfigError, bounded, check_values
 
-NAN_POLICIES = ("skip", "halt")
-# A loss spike (loss > train.spike_factor x its running mean): `skip` the update, or `off`.
-SPIKE_POLICIES = ("skip", "off")
-# Preference losses (training/preference_loss.py): DPO's sigmoid, IPO's squared
-# loss, RPO = DPO + rpo_alpha x the NLL of the chosen reply.
-PREFERENCE_LOSSES = ("dpo", "ipo", "rpo")
+
+class NanPolicy(Choice):
+    skip = "skip"
+    halt = "halt"
+
+
+class SpikePolicy(Choice):
+    """A loss spike (loss > train.spike_factor x its running mean): `skip` the update, or `off`."""
+
+    skip = "skip"
+    off = "off"
+
+
+class PreferenceLoss(Choice):
+    """Preference losses (training/preference_loss.py): DPO's sigmoid, IPO's squared
+    loss, RPO = DPO + rpo_alpha x the NLL of the chosen reply."""
+
+    dpo = "dpo"
+    ipo = "ipo"
+    rpo = "rpo"
 
 
 @dataclass
@@ -30,7 +45,7 @@ class FaultInjectionConfig:
 class PreferenceLossConfig:
     """Preference tuning (data.kind=preference): the loss against the frozen reference model."""
 
-    loss: str = "dpo"  # one of PREFERENCE_LOSSES
+    loss: PreferenceLoss = PreferenceLoss.dpo
     # DPO/RPO: the KL strength beta; IPO: its tau (the target margin is 1 / (2 beta)).
     beta: float = bounded(0.1, gt=0)
     # Conservative DPO: the fraction of pairs assumed mislabelled (dpo and rpo).
@@ -42,10 +57,10 @@ class PreferenceLossConfig:
 @dataclass
 class TrainConfig:
     seq_length: int = bounded(128, ge=1)
-    global_batch_size: int = bounded(8, ge=1)
+    global_batch_size: int = bounded(16, ge=1)
     # The budget: iterations, or tokens (iterations = ceil(tokens / (global batch * seq))).
     # Set exactly one.
-    train_iters: int | None = bounded(200, ge=0)  # 0: a seed checkpoint
+    train_iters: int | None = bounded(300, ge=0)  # 0: a seed checkpoint
     train_tokens: int | None = bounded(None, ge=0)
     seed: int = bounded(1234, ge=0, le=2**32 - 1)  # numpy's seed range
     eval_interval: int = bounded(100, ge=0)  # iterations between validation runs; 0 disables
@@ -56,7 +71,7 @@ class TrainConfig:
     exit_duration_mins: float | None = bounded(None, gt=0)
     # A non-finite loss or grad norm: `skip` the update (counted in the
     # metrics) or `halt` after saving a checkpoint of the last good state.
-    nan_policy: str = "skip"
+    nan_policy: NanPolicy = NanPolicy.skip
     # Stop when this many updates in a row were skipped (non-finite values or loss spikes).
     max_consecutive_skips: int = bounded(10, ge=1)
     # Start from these model weights (a checkpoint directory, e.g. the PLM
@@ -73,12 +88,29 @@ class TrainConfig:
     # straggler_factor x the median rank's for straggler_intervals log intervals in a row.
     straggler_factor: float = bounded(1.3, gt=1)
     straggler_intervals: int = bounded(3, ge=1)
-    # Loss spikes (beside nan_policy): see SPIKE_POLICIES. The running mean is
+    # Loss spikes (beside nan_policy): see SpikePolicy. The running mean is
     # an EMA of accepted losses; no step is judged in its first spike_warmup_iters.
-    spike_policy: str = "skip"
+    spike_policy: SpikePolicy = SpikePolicy.skip
     spike_factor: float = bounded(2.0, gt=1)
     spike_warmup_iters: int = bounded(20, ge=1)
     # Faults on purpose, for tests and drills; off by default.
     fault_injection: FaultInjectionConfig = field(default_factory=FaultInjectionConfig)
     # Used with data.kind=preference (conf/train/dpo.yaml).
     preference: PreferenceLossConfig = field(default_factory=PreferenceLossConfig)
+
+    @property
+    def iterations(self) -> int:
+        """The iteration budget, from train_iters or train_tokens."""
+        if self.train_iters is not None:
+            return int(self.train_iters)
+        assert self.train_tokens is not None, "validate(): one of train_iters, train_tokens is set"
+        return math.ceil(self.train_tokens / (self.global_batch_size * self.seq_length))
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first impossible key of this group."""
+        check_values(self, "train.")
+        if (self.train_iters is None) == (self.train_tokens is None):
+            raise ConfigError(
+                f"train.train_iters={self.train_iters!r}: set exactly one of train.train_iters "
+                f"and train.train_tokens (train_tokens={self.train_tokens})"
+            )

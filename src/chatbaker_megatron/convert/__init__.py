@@ -6,5 +6,8 @@ layout.py           megatron <-> HF tensor names and layouts (QKV, SwiGLU, vocab
 export_hf.py        `chatbaker export-hf`
 import_hf.py        `chatbaker import-hf`
 verify.py           `export-hf --verify`: our logits vs transformers' on the export
-hf_config.py, safetensors_io.py, tokenizer_files.py, model_card.py: the HF folder's files
+hf_config.py        config.json and generation_config.json <-> ModelConfig
+safetensors_io.py   bounded-size safetensors shards written, tensors read lazily
+tokenizer_files.py  the tokenizer files and chat template of the folder
+model_card.py       the weights' provenance and the model card (README.md)
 """

@@ -64,7 +64,9 @@ def llama_config_dict(
         hidden_act="silu",
         max_position_embeddings=model.max_position_embeddings,
         rms_norm_eps=model.norm_epsilon,
-        rope_theta=float(model.rotary_base),
+        # transformers 5 takes the legacy rope_theta through **kwargs, which its
+        # dataclass signature does not show (4.x: a named argument).
+        rope_theta=float(model.rotary_base),  # type: ignore[call-arg]
         attention_bias=False,
         mlp_bias=False,
         tie_word_embeddings=False,

@@ -28,13 +28,14 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from chatbaker_megatron.config.checks import to_plain_dict
 from chatbaker_megatron.config.data import DataConfig, SFTConfig
 from chatbaker_megatron.config.parallel import ParallelConfig
 from chatbaker_megatron.convert.hf_config import HFModelSpec, model_config_from_hf
@@ -48,7 +49,7 @@ from chatbaker_megatron.data.tokenizer.load import load_tokenizer
 TOKENIZER_DIR = "tokenizer"
 
 
-class _HFState(Mapping):
+class _HFState(Mapping[str, torch.Tensor]):
     """Unsharded megatron tensors computed on demand from the HF weights (for load_full_state)."""
 
     def __init__(
@@ -106,7 +107,7 @@ def _read_provenance(hf_dir: Path, spec: HFModelSpec) -> dict[str, Any]:
     return {
         "format": PROVENANCE_FORMAT,
         "source": f"Hugging Face model {hf_dir.name}",
-        "config": {"model": asdict(spec.model)},
+        "config": {"model": to_plain_dict(spec.model)},
         "train_state": {},
         "tokens_trained": None,
         "metrics": {},
@@ -134,7 +135,7 @@ def _run_config(
         parallel=ParallelConfig(tp=tp, pp=pp),
         data=data,
     )
-    return asdict(run)
+    return to_plain_dict(run)
 
 
 def _write_side_files(hf_dir: Path, output: Path) -> None:

@@ -187,7 +187,8 @@ def from_hf(
     if match:
         layer, suffix = int(match.group(1)), match.group(2)
         if suffix == QKV:
-            return merge_qkv(*(fetch(hf_layer_name(layer, p)) for p in QKV_PARTS), arch)
+            query, key, value = (fetch(hf_layer_name(layer, p)) for p in QKV_PARTS)
+            return merge_qkv(query, key, value, arch)
         if suffix == FC1:
             return torch.cat([fetch(hf_layer_name(layer, p)) for p in FC1_PARTS], dim=0)
         if suffix in LAYER_RENAMES:

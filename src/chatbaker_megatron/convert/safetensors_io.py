@@ -7,11 +7,12 @@ Writing keeps at most one shard's tensors in memory; reading opens a shard
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 import torch
+
+from chatbaker_megatron.atomic_files import publish
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -76,9 +77,11 @@ class ShardWriter:
             self._flush()
         count = len(self._shards)
         names = [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+        publish(
+            *((str(self._partial(i)), str(self.out_dir / name)) for i, name in enumerate(names))
+        )
         weight_map = {}
-        for index, (file_name, tensors) in enumerate(zip(names, self._shards)):
-            os.replace(self._partial(index), self.out_dir / file_name)
+        for file_name, tensors in zip(names, self._shards):
             weight_map.update(dict.fromkeys(tensors, file_name))
         index_data = {
             "metadata": {"total_size": self.total_bytes},

@@ -42,7 +42,9 @@ def compare_logits(
     ids = ours.tokenizer.encode(text)[: ours.max_length]
     tokens = torch.tensor([ids], device=ours.device)
     positions = torch.arange(len(ids), device=ours.device)[None]
-    theirs = LlamaForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).to(ours.device)
+    theirs = LlamaForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    # transformers' `to` is a functools.wraps wrapper: typeshed's type of it drops the bound self.
+    theirs = theirs.to(ours.device)  # type: ignore[arg-type]
     with torch.no_grad():
         # No inference context: a plain full-sequence forward, as in training.
         our_logits = ours.model(tokens, positions, None)[0, :, : ours.tokenizer.vocab_size].float()

@@ -11,6 +11,12 @@ Multi-stage jobs chain with `depends=`: on SLURM the next array starts after
 the previous one succeeded (`afterok`); locally `run()` of the last stage
 runs the unfinished earlier ones first.
 
+Locally datatrove's console log (every task's pipeline, log lines and stats,
+each stage's merged stats: hundreds of lines a curate run) shows only with
+`chatbaker --verbose`; without it a task logs to its file
+(`<logging_dir>/logs/task_<rank>.log`) and only its errors to the console,
+so a verb prints its own progress and summary. On SLURM the logs are files.
+
 Ray (datatrove's RayPipelineExecutor) needs the `ray` package, which the
 project does not install; it is the next kind to add here.
 """
@@ -24,8 +30,40 @@ from collections.abc import Callable, Sequence
 from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
 from datatrove.executor.base import PipelineExecutor
 from datatrove.pipeline.base import PipelineStep
+from datatrove.utils.logging import logger
+from datatrove.utils.stats import PipelineStats
 
-from chatbaker_megatron.config.executor import ExecutorConfig, validate_executor_config
+from chatbaker_megatron.config.executor import ExecutorConfig
+from chatbaker_megatron.notices import verbose
+
+# Where LocalPipelineExecutor logs outside any task (tasks skipped, a stage's merged stats).
+_EXECUTOR_LOGGER = "datatrove.executor.local"
+
+
+class _LocalExecutor(LocalPipelineExecutor):
+    """datatrove's local executor, its console log shown only when verbose() (module docstring).
+
+    Both methods set it: with workers > 1 the tasks run in a pool of fresh
+    processes, which inherit CHATBAKER_VERBOSE but not this process's loguru state.
+    """
+
+    def run(self) -> PipelineStats | None:
+        _show_executor_log(verbose())
+        return super().run()
+
+    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1) -> PipelineStats:
+        shown = verbose()
+        _show_executor_log(shown)
+        # datatrove's own switch: a task whose local_rank is not 0 logs only errors to
+        # the console, everything to its file (locally local_rank serves nothing else).
+        return super()._run_for_rank(rank, local_rank if shown else max(local_rank, 1), node_rank)
+
+
+def _show_executor_log(shown: bool) -> None:
+    if shown:
+        logger.enable(_EXECUTOR_LOGGER)
+    else:
+        logger.disable(_EXECUTOR_LOGGER)
 
 
 def stage_logging_dir(cfg: ExecutorConfig, default_root: str, stage: str) -> str:
@@ -57,12 +95,12 @@ def build_executor(
     executor of the stage that must finish first (built by this function
     from the same config, so of the same kind).
     """
-    validate_executor_config(cfg)
+    cfg.validate()
     tasks = cfg.tasks if tasks is None else tasks
     if tasks < 1:
         raise ValueError(f"tasks={tasks}: expected >= 1")
     if cfg.kind == "local":
-        return LocalPipelineExecutor(
+        return _LocalExecutor(
             pipeline=list(pipeline),
             tasks=tasks,
             workers=min(cfg.workers or tasks, tasks),

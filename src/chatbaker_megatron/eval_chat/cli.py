@@ -14,30 +14,21 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from hydra import compose, initialize_config_module
 from omegaconf.errors import OmegaConfBaseException
 
 from chatbaker_megatron.config.checks import ConfigError
-from chatbaker_megatron.config.eval_chat import (
-    EvalChatConfig,
-    register,
-    to_eval_chat_config,
-    validate_eval_chat_config,
-)
+from chatbaker_megatron.config.compose import compose_config
+from chatbaker_megatron.config.eval_chat import EvalChatConfig, register, to_eval_chat_config
 from chatbaker_megatron.eval_chat.client import CallFailed
 from chatbaker_megatron.eval_chat.questions import QuestionFileError
 from chatbaker_megatron.eval_chat.runner import EvalChat, StaleAnswersError
-
-CONFIG_MODULE = "chatbaker_megatron.conf"
 
 
 def compose_eval_chat(overrides: list[str]) -> EvalChatConfig:
     """The validated EvalChatConfig for these Hydra overrides."""
     register()
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        node = compose(config_name="eval_chat", overrides=list(overrides))
-    cfg = to_eval_chat_config(node)
-    validate_eval_chat_config(cfg)
+    cfg = to_eval_chat_config(compose_config("eval_chat", overrides, EvalChatConfig))
+    cfg.validate()
     return cfg
 
 

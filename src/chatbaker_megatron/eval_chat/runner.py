@@ -137,8 +137,13 @@ class EvalChat:
 
     def item_answers(self, item: Item) -> list[Record] | None:
         """The cached answers an item needs, or None while one is missing."""
-        found = [self.answers[name].get(item.question.key) for name in item.models]
-        return None if any(a is None for a in found) else found
+        found = []
+        for name in item.models:
+            answer = self.answers[name].get(item.question.key)
+            if answer is None:
+                return None
+            found.append(answer)
+        return found
 
     def cached(self, item: Item, answers: list[Record]) -> Record | None:
         """The item's judgment if it was made from these answers and did not fail."""
@@ -203,6 +208,10 @@ class EvalChat:
 
     def judge_all(self) -> int:
         """Every judgment not yet cached whose answers exist; returns how many lack an answer."""
+
+        def job(item: Item, answers: list[Record]) -> Callable[[], None]:
+            return lambda: self.judgments.put(self._judgment(item, answers))
+
         jobs: list[Callable[[], None]] = []
         unanswered = 0
         for item in self.items():
@@ -210,11 +219,7 @@ class EvalChat:
             if answers is None:
                 unanswered += 1
             elif self.cached(item, answers) is None:
-                jobs.append(
-                    lambda item=item, answers=answers: self.judgments.put(
-                        self._judgment(item, answers)
-                    )
-                )
+                jobs.append(job(item, answers))
         self._pool("judgments", "judgment", jobs)
         return unanswered
 

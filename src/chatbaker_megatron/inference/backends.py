@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from chatbaker_megatron.data.templates import ChatTemplate, load_template, read_template
 from chatbaker_megatron.data.tokenizer.load import ChatBakerTokenizer, load_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache
 
 
 def cache_keyword(model: torch.nn.Module) -> str:
@@ -94,13 +97,13 @@ class HFBackend:
         plat = platform.detect()
         self.device = plat.device
         dtype = dtype or plat.inference_dtype
-        self.model = (
-            LlamaForCausalLM.from_pretrained(str(hf_dir), dtype=dtype).to(self.device).eval()
-        )
+        model = LlamaForCausalLM.from_pretrained(str(hf_dir), dtype=dtype)
+        # transformers' `to` is a functools.wraps wrapper: typeshed's type of it drops the bound self.
+        self.model = model.to(self.device).eval()  # type: ignore[arg-type]
         self.tokenizer = load_tokenizer(hf_dir)
         self.max_length = int(self.model.config.max_position_embeddings)
         self.template = read_template(hf_dir)
-        self._cache = None
+        self._cache: DynamicCache | None = None
         self._cache_keyword = cache_keyword(self.model)
 
     @torch.no_grad()

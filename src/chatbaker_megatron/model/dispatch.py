@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
 from chatbaker_megatron import platform
-from chatbaker_megatron.config.model import KernelsConfig
+from chatbaker_megatron.config.model import KernelBackend, KernelsConfig
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def _installed(module: str) -> bool:
 
 
 def _cuda() -> bool:
-    return platform.detect().cuda_kernels_run
+    return platform.detect().is_cuda
 
 
 def _triton_runs_here() -> bool:
@@ -372,7 +372,8 @@ def kv_cache_kernels(dtype: torch.dtype) -> KernelsConfig:
     """
     flash = ATTENTION_BACKENDS["flash"]
     usable = flash.takes(dtype) and flash.available()
-    return KernelsConfig(attention="flash" if usable else "torch", norm="auto")
+    attention = KernelBackend.flash if usable else KernelBackend.torch
+    return KernelsConfig(attention=attention, norm=KernelBackend.auto)
 
 
 def norm_fn(backend: str) -> NormFn:

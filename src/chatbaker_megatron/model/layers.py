@@ -36,7 +36,8 @@ class RMSNorm(torch.nn.Module):
         self.eps = eps
         self.norm = dispatch.norm_fn(backend)
         self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
-        self.weight.sequence_parallel = config.sequence_parallel
+        # megatron reads this flag off a parameter: all-reduce its grad over TP.
+        self.weight.sequence_parallel = config.sequence_parallel  # type: ignore[attr-defined]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x, self.weight, self.eps)

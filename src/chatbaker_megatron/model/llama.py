@@ -8,6 +8,8 @@ slice kept, so a TP=2 run starts from exactly the TP=1 weights.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
@@ -19,6 +21,9 @@ from chatbaker_megatron.config.model import ModelConfig
 from chatbaker_megatron.config.parallel import ParallelConfig
 from chatbaker_megatron.model import dispatch
 from chatbaker_megatron.model.spec import llama_block_spec
+
+# cluster.precision -> the dtype the model is built in (`params_dtype` below).
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
@@ -36,7 +41,8 @@ def transformer_config(
     stored in it, activations cross pipeline stages in it, and megatron's
     bf16/fp16 flags (Float16Module, the mixed-precision optimizer) follow it.
     """
-    recompute = {
+    # TransformerConfig's keywords for each parallel.recompute.
+    recompute: dict[str, dict[str, Any]] = {
         "none": {},
         "selective": {"recompute_granularity": "selective", "recompute_modules": ["core_attn"]},
         "full": {
@@ -44,7 +50,7 @@ def transformer_config(
             "recompute_method": "uniform",
             "recompute_num_layers": parallel.recompute_num_layers,
         },
-    }[parallel.recompute]
+    }
     # One dict, updated by the machine's settings: megatron's defaults here, then
     # the fused ops (model/dispatch.py) and the platform's rules, without a
     # keyword given twice.
@@ -79,7 +85,7 @@ def transformer_config(
         masked_softmax_fusion=False,
         persist_layer_norm=False,
         deallocate_pipeline_outputs=True,
-        **recompute,
+        **recompute[parallel.recompute],
     )
     settings.update(dispatch.fused_ops())
     settings.update(platform.megatron_config_overrides())

@@ -19,11 +19,15 @@ Layout rules (megatron-core 0.19, our spec):
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
+
+if TYPE_CHECKING:
+    from megatron.core.models.gpt import GPTModel
 
 # The global names of the tensors outside the decoder layers.
 EMBEDDING = "embedding.word_embeddings.weight"
@@ -34,11 +38,19 @@ _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
 GLU_WEIGHT_SUFFIX = "mlp.linear_fc1.weight"
 
 
-def unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
+def unwrap(chunk: torch.nn.Module) -> GPTModel:
     """The GPTModel inside DDP / Float16Module wrappers."""
     while hasattr(chunk, "module") and not hasattr(chunk, "decoder"):
-        chunk = chunk.module
+        inner = chunk.module
+        assert isinstance(inner, torch.nn.Module)
+        chunk = inner
     return chunk
+
+
+def _partition_dim(param: torch.nn.Parameter) -> int:
+    """The dim a TP-sharded parameter is split along."""
+    # megatron's tensor-parallel layers set this attribute on their parameters.
+    return param.partition_dim  # type: ignore[attr-defined]
 
 
 def named_global_parameters(
@@ -94,7 +106,7 @@ def full_state(
         if _is_tp_sharded(param) and tp > 1:
             shards = [torch.empty_like(tensor) for _ in range(tp)]
             dist.all_gather(shards, tensor, group=tp_group)
-            tensor = _tp_merge(name, shards, param.partition_dim)
+            tensor = _tp_merge(name, shards, _partition_dim(param))
         # A copy, never a view: callers keep it across optimizer steps.
         local[name] = tensor.to("cpu", copy=True)
     pp = parallel_state.get_pipeline_model_parallel_world_size()
@@ -111,7 +123,7 @@ def full_state(
 
 
 @torch.no_grad()
-def load_full_state(chunks: list[torch.nn.Module], state: dict[str, torch.Tensor]) -> None:
+def load_full_state(chunks: list[torch.nn.Module], state: Mapping[str, torch.Tensor]) -> None:
     """Copy unsharded tensors into this rank's chunks, keeping only this rank's slices.
 
     Every parameter of the chunks must be in `state` with its full shape.
@@ -123,7 +135,7 @@ def load_full_state(chunks: list[torch.nn.Module], state: dict[str, torch.Tensor
             raise KeyError(f"parameter {name!r} is missing from the full state")
         full = state[name]
         if _is_tp_sharded(param) and tp > 1:
-            full = _tp_split(name, full, param.partition_dim, tp)[tp_rank]
+            full = _tp_split(name, full, _partition_dim(param), tp)[tp_rank]
         if full.shape != param.shape:
             raise ValueError(
                 f"parameter {name!r}: full state gives shape {tuple(full.shape)} for this rank, "

@@ -13,7 +13,7 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from chatbaker_megatron.config.parallel import RECOMPUTE_MODES, Overlaps, ParallelConfig
+from chatbaker_megatron.config.parallel import Overlaps, ParallelConfig, RecomputeMode
 from chatbaker_megatron.config.schema import ConfigError, RunConfig, validate
 from chatbaker_megatron.model import sizes
 from chatbaker_megatron.plan.assumptions import Assumptions
@@ -58,17 +58,19 @@ def workload_of(cfg: RunConfig) -> Workload:
             "model.vocab_size=None: the planner needs the vocabulary size; "
             "override it, e.g. model.vocab_size=50304"
         )
+    train = cfg.train
+    if train.train_tokens is not None:
+        train_tokens = float(train.train_tokens)
+    else:
+        assert train.train_iters is not None  # validated: exactly one of the two is set
+        train_tokens = float(train.train_iters * train.global_batch_size * train.seq_length)
     return Workload(
         model=cfg.model,
         vocab_size=cfg.model.vocab_size,
-        seq_length=cfg.train.seq_length,
-        global_batch_size=cfg.train.global_batch_size,
+        seq_length=train.seq_length,
+        global_batch_size=train.global_batch_size,
         precision=cfg.cluster.precision,
-        train_tokens=float(
-            cfg.train.train_tokens
-            if cfg.train.train_tokens is not None
-            else cfg.train.train_iters * cfg.train.global_batch_size * cfg.train.seq_length
-        ),
+        train_tokens=train_tokens,
         # The reference torch norm saves fp32 copies; any other backend is a
         # fused kernel that saves its input and the fp32 rstd (plan/activations.py).
         norm="torch" if cfg.model.kernels.norm == "torch" else "fused",
@@ -102,7 +104,7 @@ def layouts(cfg: RunConfig) -> Iterator[ParallelConfig]:
                 (False, True) if tp > 1 else (False,),  # sp
                 vpps,
                 micro,
-                RECOMPUTE_MODES,
+                RecomputeMode,
                 (False, True) if dp > 1 else (False,),  # distributed optimizer
             )
             for sp, vpp, mbs, recompute, dist_opt in knobs:

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from chatbaker_megatron.config.compose import compose_dict
-    from chatbaker_megatron.config.schema import ConfigError
+    from chatbaker_megatron.config.schema import ConfigError, RunConfig
     from chatbaker_megatron.plan import report
     from chatbaker_megatron.plan.candidates import plan, workload_of
 
@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         # cluster (e.g. a preset's parallel.dp after cluster.nodes=16); every
         # layout the planner proposes is validated with the rest of the config.
         cfg = OmegaConf.to_object(compose_dict(args.overrides))
+        assert isinstance(cfg, RunConfig)  # the composed node's schema (config.schema.register)
         work = workload_of(cfg)
         candidates = plan(cfg, assume)
     except (ConfigError, HydraException, OmegaConfBaseException) as err:

@@ -2,13 +2,13 @@
 
 megatron-core 0.19 assumes CUDA in a handful of places (torch.cuda calls,
 device="cuda" allocations, Tensor.cuda(), CUDA type-name checks, the CUDA RNG
-state). `apply_megatron_cpu_compat()` maps exactly those to the platform's
-device, so that megatron's own layers, schedules, DDP and optimizers (the
-code the GPU path runs) run on CPU.
+state). `apply(device)` maps exactly those to the platform's CPU device, so
+that megatron's own layers, schedules, DDP and optimizers (the code the GPU
+path runs) run on CPU.
 
 The layer
-- is applied only when CUDA is absent (it returns without touching anything
-  when `torch.cuda.is_available()`);
+- is applied by `platform.prepare_megatron()` only when the platform has no
+  CUDA, and imports nothing else of the project;
 - refuses to run on a megatron-core version it was not checked against;
 - is scoped: it swaps the `torch` global of the listed megatron modules for a
   proxy (their other callers see real torch), and two Tensor methods behave
@@ -17,9 +17,6 @@ The layer
   its reason, its `check()` (does the target still look the way it did when
   the patch was written?) and its `apply()`; a test holds the table in
   docs/architecture.md to the same objects.
-
-Under the NCCL device rules test mode (device_rules) it also installs those
-rules, and megatron's "cuda" allocations land on the simulated accelerator.
 """
 
 from __future__ import annotations
@@ -33,9 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from chatbaker_megatron.platform import device_rules
-from chatbaker_megatron.platform.device import detect
 
 # megatron-core "major.minor" versions every patch below was checked against.
 CHECKED_MEGATRON_VERSIONS = ("0.19",)
@@ -252,7 +246,9 @@ def _check_attributes(owner: Callable[[], Any], *names: str) -> Callable[[], Non
 def _proxy_torch(device: torch.device) -> None:
     proxy = _CpuTorch(device)
     for module_name in TORCH_PROXY_MODULES:
-        importlib.import_module(module_name).torch = proxy
+        # Any: a module patched here; ModuleType types no attribute assignment.
+        module: Any = importlib.import_module(module_name)
+        module.torch = proxy
 
 
 def _tensor_cuda_in_megatron(device: torch.device) -> None:
@@ -260,10 +256,11 @@ def _tensor_cuda_in_megatron(device: torch.device) -> None:
 
     def cuda(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if _caller_module().startswith("megatron."):
-            return device_rules.to_accelerator(self)
+            return self.to(device)
         return original(self, *args, **kwargs)
 
-    torch.Tensor.cuda = cuda
+    # Patched on purpose (torch types it as TensorBase's method).
+    torch.Tensor.cuda = cuda  # type: ignore[method-assign, assignment]
 
 
 def _cuda_type_names(device: torch.device) -> None:
@@ -275,11 +272,13 @@ def _cuda_type_names(device: torch.device) -> None:
             return _CUDA_TYPE_NAMES.get(name, name)
         return name
 
-    torch.Tensor.type = type_
+    # Patched on purpose (torch types it as TensorBase's overloaded method).
+    torch.Tensor.type = type_  # type: ignore[method-assign, assignment]
 
 
 def _cpu_rng_state(device: torch.device) -> None:
-    rng = importlib.import_module(_RNG_MODULE)
+    # Any: a module patched here; ModuleType types no attribute assignment.
+    rng: Any = importlib.import_module(_RNG_MODULE)
     rng._get_cuda_rng_state = lambda device="cuda", clone=False, graph_safe=False: (
         torch.get_rng_state()
     )
@@ -308,7 +307,8 @@ PATCHES = (
     CompatPatch(
         "Tensor.cuda()",
         ("megatron.*",),
-        "returns the tensor itself (on the platform device) when called from megatron code",
+        "moves the tensor to the platform device (on the host: the tensor itself) when called "
+        "from megatron code",
         _check_attributes(lambda: torch.Tensor, "cuda"),
         _tensor_cuda_in_megatron,
     ),
@@ -338,7 +338,7 @@ _applied: list[str] = []
 
 
 def applied_patches() -> list[str]:
-    """Names of the patches applied in this process (empty when CUDA is present)."""
+    """Names of the patches applied in this process (empty on a CUDA platform)."""
     return list(_applied)
 
 
@@ -359,20 +359,19 @@ def check_megatron_version() -> str:
     return version
 
 
-def apply_megatron_cpu_compat() -> list[str]:
-    """Make megatron-core run on CPU. No-op when CUDA is available; idempotent.
+def apply(device: torch.device) -> list[str]:
+    """Make megatron-core run on `device`, a CPU device; idempotent.
 
-    In the NCCL device rules test mode it also installs those rules. Returns
-    the names of the patches applied in this process.
+    Returns the names of the patches applied in this process.
     """
-    if torch.cuda.is_available() or _applied:
+    if device.type != "cpu":
+        raise ValueError(f"the CPU compat layer maps CUDA onto a CPU device, not {device}")
+    if _applied:
         return applied_patches()
     check_megatron_version()
     for patch in PATCHES:
         patch.check()
-    device = detect().device
     for patch in PATCHES:
         patch.apply(device)
-    device_rules.install()
     _applied.extend(patch.name for patch in PATCHES)
     return applied_patches()

@@ -11,6 +11,11 @@ process group's "collective device" is therefore the compute device for the
 default (NCCL) groups and the host for the gloo groups the project opens for
 long host-side waits (`host_group`), as Megatron-LM does for its own
 object exchanges.
+
+Without CUDA the process computes on the host unless it was given another
+CPU device (`use_cpu_compute_device`): the same memory, but a distinct value,
+so that a tool watching where tensors live can tell a tensor moved to the
+compute device from one made on the host, as a GPU run can.
 """
 
 from __future__ import annotations
@@ -18,15 +23,39 @@ from __future__ import annotations
 import datetime
 import os
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from chatbaker_megatron.platform import device_rules
+HOST = torch.device("cpu")
 
-HOST = device_rules.HOST
+# Weak: a destroyed group must be freed (each gloo group keeps a polling thread).
+_host_groups: weakref.WeakSet = weakref.WeakSet()
+_cpu_compute_device = HOST
+
+
+def mark_host_group(group: Any) -> None:
+    """Record `group` as a gloo group whose collectives move host tensors."""
+    _host_groups.add(group)
+
+
+def is_host_group(group: Any) -> bool:
+    return group in _host_groups
+
+
+def use_cpu_compute_device(device: torch.device) -> None:
+    """Compute on `device`, a CPU device, when CUDA is absent (by default on `HOST`).
+
+    Call it before `prepare_megatron()`: the CPU compat layer maps megatron's
+    "cuda" to the device `detect()` gives then.
+    """
+    if device.type != "cpu":
+        raise ValueError(f"{device} is not a CPU device")
+    global _cpu_compute_device
+    _cpu_compute_device = device
 
 
 @dataclass(frozen=True)
@@ -41,18 +70,13 @@ class Platform:
         return self.device.type == "cuda"
 
     @property
-    def cuda_kernels_run(self) -> bool:
-        """Whether CUDA/Triton GPU kernels can execute in this process."""
-        return self.is_cuda
-
-    @property
     def inference_dtype(self) -> torch.dtype:
         """What generation runs in: bf16 on a GPU (fast, and what flash-attn takes), fp32 on CPU."""
         return torch.bfloat16 if self.is_cuda else torch.float32
 
     def collective_device(self, group: Any = None) -> torch.device:
         """Where a tensor must live to take part in a collective on `group`."""
-        if group is not None and device_rules.is_host_group(group):
+        if group is not None and is_host_group(group):
             return HOST
         return self.device
 
@@ -95,7 +119,8 @@ class Platform:
         """Write NCCL's flight recorder (pickled, as on a timeout) to `path`; False on gloo."""
         if self.backend != "nccl":
             return False
-        from torch._C._distributed_c10d import _dump_nccl_trace
+        # Private, in NCCL builds only: torch's stubs omit it.
+        from torch._C._distributed_c10d import _dump_nccl_trace  # type: ignore[attr-defined]
 
         with open(path, "wb") as f:
             f.write(_dump_nccl_trace())
@@ -122,7 +147,7 @@ class Platform:
         Collective: every rank must call it. Its tensors live on the host.
         """
         group = dist.new_group(backend="gloo", timeout=timeout)
-        device_rules.mark_host_group(group)
+        mark_host_group(group)
         return group
 
     def to_device(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -166,18 +191,11 @@ def local_gpu_count() -> int:
 
 
 def detect() -> Platform:
-    """CUDA + NCCL on the process's local GPU when CUDA is available, else CPU + gloo.
-
-    Under the NCCL device rules test mode (see device_rules) the CPU platform
-    computes on `device_rules.SIMULATED_ACCELERATOR`, a CPU device that the
-    rules tell apart from the host.
-    """
+    """CUDA + NCCL on the process's local GPU when CUDA is available, else CPU + gloo."""
     if torch.cuda.is_available():
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         return Platform(torch.device("cuda", local_rank % torch.cuda.device_count()), "nccl")
-    if device_rules.enabled():
-        return Platform(device_rules.SIMULATED_ACCELERATOR, "gloo")
-    return Platform(HOST, "gloo")
+    return Platform(_cpu_compute_device, "gloo")
 
 
 def megatron_config_overrides() -> dict[str, Any]:

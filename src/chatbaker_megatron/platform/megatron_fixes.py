@@ -87,7 +87,8 @@ def _fix_torch_adam_step_on_load() -> None:
 
 
 def _fix_results_manager_outliving_its_rank() -> None:
-    fs_async = importlib.import_module(
+    # Any: a module patched below; ModuleType types no attribute assignment.
+    fs_async: Any = importlib.import_module(
         "megatron.core.dist_checkpointing.strategies.filesystem_async"
     )
 

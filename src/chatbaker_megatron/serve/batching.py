@@ -6,15 +6,26 @@ its own positions and a causal mask hiding its padding), then their cache is
 left-padded (or the batch's is) to a common length and stacked onto the batch; a leaving row is dropped with the
 columns no remaining row needs. Each row carries its true positions and an
 attention mask that hides its padding, so a row's logits are those of the
-sequence decoded alone (tested against the one-at-a-time Generator).
+sequence decoded alone (tested against the one-at-a-time Generator). A step
+where no row has padding (one request alone, or rows of one length) passes
+no mask: transformers' own causal path, as the Generator's.
+
+Everything runs under torch.inference_mode: no autograd bookkeeping on any
+tensor, which trims the per-operator cost that dominates a small model's
+step (the cache is only ever read by later steps, never differentiated).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from chatbaker_megatron.inference.backends import cache_keyword
+
+if TYPE_CHECKING:  # imported when a decoder is built (transformers takes seconds to import)
+    from transformers import DynamicCache
 
 
 def _to(mask: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
@@ -34,7 +45,7 @@ class BatchedDecoder:
         self.device = next(model.parameters()).device
         # transformers' DynamicCache of the rows, grown in place by each step; rebuilt
         # (padded, stacked or sliced) only when rows join or leave.
-        self.cache = None
+        self.cache: DynamicCache | None = None
         self.pad: list[int] = []  # leading padding columns of each row
         self.lengths: list[int] = []  # real tokens cached for each row (= its next position)
         self.cache_keyword = cache_keyword(model)
@@ -73,7 +84,7 @@ class BatchedDecoder:
         )
         return out.logits
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def add(self, prompts: list[list[int]], *, every_position: bool = False) -> torch.Tensor:
         """Prefill `prompts` together as new last rows; the logits [len(prompts), vocab]
         that follow each, or with `every_position` those after every position
@@ -120,6 +131,7 @@ class BatchedDecoder:
             )
         return logits if every_position else logits[:, -1]
 
+    @torch.inference_mode()
     def remove(self, rows: list[int]) -> None:
         """Drop these rows, and the leading columns that only they needed."""
         if not rows:
@@ -138,17 +150,19 @@ class BatchedDecoder:
             [(k[index, :, trim:], v[index, :, trim:]) for k, v in self._layers(self.cache)]
         )
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self, tokens: list[int]) -> torch.Tensor:
         """Append one token to every row (in row order); logits [rows, vocab] after each."""
         if len(tokens) != self.rows:
             raise ValueError(f"{len(tokens)} tokens for {self.rows} rows")
         ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
         positions = torch.tensor(self.lengths, device=self.device)[:, None]
-        columns = torch.arange(self.columns + 1, device=self.device)
-        # [rows, heads=1, queries=1, columns], True = attend: given whole, transformers uses
-        # it as it is instead of building it from a 2-D padding mask at every step.
-        mask = (columns >= torch.tensor(self.pad, device=self.device)[:, None])[:, None, None]
+        mask = None  # no padding: every row attends to every column
+        if any(self.pad):
+            columns = torch.arange(self.columns + 1, device=self.device)
+            # [rows, heads=1, queries=1, columns], True = attend: given whole, transformers
+            # uses it as it is instead of building it from a 2-D padding mask at every step.
+            mask = (columns >= torch.tensor(self.pad, device=self.device)[:, None])[:, None, None]
         logits = self._forward(ids, positions, mask, self.cache)[:, -1]
         self.lengths = [n + 1 for n in self.lengths]
         return logits

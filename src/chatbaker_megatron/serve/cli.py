@@ -18,6 +18,7 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 from fastapi import FastAPI
@@ -32,7 +33,7 @@ from chatbaker_megatron.inference.options import (
     chat_template,
     sampling_config,
 )
-from chatbaker_megatron.serve.app import ServedModel, create_app
+from chatbaker_megatron.serve.app import create_app
 from chatbaker_megatron.serve.engine import Engine
 from chatbaker_megatron.serve.limits import (
     DEFAULT_MAX_BODY_BYTES,
@@ -41,6 +42,8 @@ from chatbaker_megatron.serve.limits import (
 )
 from chatbaker_megatron.serve.moderation import ModerationFilter
 from chatbaker_megatron.serve.request_log import RequestLog
+from chatbaker_megatron.serve.screening import Screening
+from chatbaker_megatron.serve.server import ServedModel, Server
 from chatbaker_megatron.serve.upstream import Upstream, upstream_model
 
 
@@ -150,6 +153,15 @@ def _load_model(args: argparse.Namespace) -> tuple[HFBackend, str]:
         return HFBackend(Path(tmp) / "hf"), name
 
 
+class _SharedOptions(TypedDict):
+    """The `Server` arguments of both kinds of server, built-in engine or upstream."""
+
+    api_keys: tuple[str, ...]
+    screening: Screening
+    request_log: RequestLog | None
+    rate_limit: RateLimit | None
+
+
 def build_app(args: argparse.Namespace) -> FastAPI:
     """The app for these arguments, model loaded; its engine starts with the server."""
     defaults = sampling_config(args)
@@ -160,22 +172,19 @@ def build_app(args: argparse.Namespace) -> FastAPI:
         filters.append(
             ModerationFilter(args.moderation_url, args.moderation_key, args.moderation_model)
         )
-    shared = {
+    shared: _SharedOptions = {
         "api_keys": tuple(args.api_key),
-        "filters": tuple(filters),
+        "screening": Screening(tuple(filters)),
         "request_log": RequestLog(args.request_log) if args.request_log else None,
-        "max_body_bytes": args.max_body_bytes,
         "rate_limit": RateLimit(args.rate_limit, args.rate_burst) if args.rate_limit else None,
     }
     if args.upstream:
         model = args.upstream_model or upstream_model(args.upstream, args.upstream_key)
         upstream = Upstream(args.upstream, model, args.upstream_key, args.upstream_timeout)
-        return create_app(
-            upstream,
-            args.model_name or model,
-            moderate_output=args.moderate_output,
-            **shared,
+        server = Server(
+            upstream, args.model_name or model, moderate_output=args.moderate_output, **shared
         )
+        return create_app(server, max_body_bytes=args.max_body_bytes)
     if args.moderate_output:
         raise ValueError("--moderate-output: only with --upstream")
     backend, name = _load_model(args)
@@ -199,7 +208,8 @@ def build_app(args: argparse.Namespace) -> FastAPI:
         longest_token_bytes=longest_token_bytes(backend.tokenizer),
         system=args.system,
     )
-    return create_app(engine, served, **shared)
+    server = Server(engine, served.model_id, served, **shared)
+    return create_app(server, max_body_bytes=args.max_body_bytes)
 
 
 def banner(base: str, model_id: str, keyed: bool) -> str:
@@ -222,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, NotADirectoryError, ValueError) as err:
         # A bad path or value is the user's to fix: one line naming it, no traceback.
         sys.exit(f"chatbaker serve: {err}")
-    print(banner(f"http://{args.host}:{args.port}", app.state.model_id, bool(args.api_key)))
+    print(banner(f"http://{args.host}:{args.port}", app.state.server.model_id, bool(args.api_key)))
     sys.stdout.flush()
     uvicorn.run(
         app,

@@ -4,7 +4,9 @@ Each loop: cancelled rows leave, waiting requests join (prefilled together)
 up to `max_batch`, every row draws its next token from its own logits with
 its own seeded generator, all rows in one batched call of the sampling code
 the Generator uses (so a seed gives the same reply alone or batched),
-finished rows leave, and one batched forward appends the drawn tokens. The
+finished rows leave, the step's text and ends are handed to the event loops
+(before the forward, which they need not wait for), and one batched forward
+appends the drawn tokens. The
 engine holds at most `max_batch + max_queue` requests (running or waiting);
 one more is refused (QueueFull, HTTP 429). Text reaches the request's
 asyncio queue through TextStream, so a streamed piece never ends inside a
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import threading
 from collections import deque
@@ -74,10 +77,12 @@ class GenerationRequest:
         A reader that fell behind gets what piled up as one piece: one SSE event
         for several tokens, rather than a backlog that slows every stream.
         """
+        queue = self.events
+        assert queue is not None, "pieces() of a request the engine was never given"
         while True:
-            events = [await self.events.get()]
-            while not self.events.empty():
-                events.append(self.events.get_nowait())
+            events = [await queue.get()]
+            while not queue.empty():
+                events.append(queue.get_nowait())
             text = "".join(event for event in events if isinstance(event, str))
             if text:
                 yield text
@@ -87,6 +92,7 @@ class GenerationRequest:
 
 def _put_all(deliveries: list[tuple[GenerationRequest, str | Finished]]) -> None:
     for request, event in deliveries:
+        assert request.events is not None  # _post queues only requests that have a queue
         request.events.put_nowait(event)
 
 
@@ -122,6 +128,7 @@ class _Row:
     def accept(self, token: int) -> Finished | None:
         """Take the drawn next token; how the request ended, if this token ends it."""
         if self.request.logprobs is not None:
+            assert self.logits is not None  # every step sets them before a token is drawn
             self.request.token_logprobs += scored(self.logits[None], [token], self.request.logprobs)
         self.request.token_ids.append(token)
         self.context.append(token)
@@ -164,6 +171,13 @@ class Engine:
         self.counts = {"completed": 0, "cancelled": 0, "failed": 0, "generated_tokens": 0}
 
     def start(self) -> None:
+        # Everything loaded by now (torch, transformers, the model, the app: ~0.5 M
+        # objects) lives as long as the server: freeze it out of the cyclic collector.
+        # Its full collections (due each time a quarter as many objects again have
+        # outlived two younger collections) would otherwise walk all of it: ~300 ms
+        # with the demo model loaded, every stream stalled.
+        gc.collect()
+        gc.freeze()
         self._thread.start()
 
     def stop(self) -> None:
@@ -223,6 +237,7 @@ class Engine:
         """Hand the step's pieces and ends to their event loops: one wake-up per loop per step."""
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for request, event in self._outbox:
+            assert request.loop is not None  # _post queues only requests that have a loop
             by_loop.setdefault(request.loop, []).append((request, event))
         self._outbox = []
         for loop, deliveries in by_loop.items():
@@ -237,7 +252,7 @@ class Engine:
 
     def _admit(self) -> None:
         """Waiting requests take the free rows, prefilled in one forward pass."""
-        joining = []
+        joining: list[_Row] = []
         while len(self._rows) + len(joining) < self.max_batch:
             with self._wake:
                 if not self._waiting:
@@ -325,6 +340,9 @@ class Engine:
             if finish is not None:
                 done[i] = finish
         self._leave(done)
+        # Out before the forward: every token (the first included) reaches its client
+        # a forward sooner, and the event loop streams it while the model runs.
+        self._flush()
         if self._rows:
             logits = self.decoder.step([row.context[-1] for row in self._rows])
             for row, row_logits in zip(self._rows, logits):
@@ -334,19 +352,29 @@ class Engine:
         """Every row's next token, in one batched call; when that fails, row by row,
         so only the rows at fault get their exception instead of a token."""
         rows = self._rows
-        args = (
-            [row.context for row in rows],
-            [row.request.sampling for row in rows],
-            [row.draws for row in rows],
-            [row.generated for row in rows],
-        )
+        logits = [row.logits for row in rows if row.logits is not None]
+        assert len(logits) == len(rows)  # the step before set every row's
         try:
-            return next_tokens(torch.stack([row.logits for row in rows]), *args)
+            return list(
+                next_tokens(
+                    torch.stack(logits),
+                    [row.context for row in rows],
+                    [row.request.sampling for row in rows],
+                    [row.draws for row in rows],
+                    [row.generated for row in rows],
+                )
+            )
         except Exception:
             tokens: list[int | Exception] = []
-            for r, row in enumerate(rows):
+            for row, row_logits in zip(rows, logits):
                 try:
-                    tokens += next_tokens(row.logits[None], *([arg[r]] for arg in args))
+                    tokens += next_tokens(
+                        row_logits[None],
+                        [row.context],
+                        [row.request.sampling],
+                        [row.draws],
+                        [row.generated],
+                    )
                 except Exception as err:
                     tokens.append(err)
             return tokens

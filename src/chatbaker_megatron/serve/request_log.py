@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,3 +31,29 @@ class RequestLog:
     def close(self) -> None:
         with self._lock:
             self._file.close()
+
+
+def one_or_all(values: list[Any]) -> Any:
+    """A record's value for one reply, or the list of them for `n` > 1 or several prompts."""
+    return values[0] if len(values) == 1 else values
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One generation request as the log records it: the route, who asked, what they gave."""
+
+    endpoint: str  # chat | completion
+    given: Any  # the messages or the prompt, as the request gave them
+    client: str | None = None
+    user: str | None = None  # OpenAI's `user`: the end user's id, for abuse monitoring
+    log: RequestLog | None = None
+
+    @property
+    def param(self) -> str:
+        """The request's input field, which its refusals and length errors name."""
+        return "messages" if self.endpoint == "chat" else "prompt"
+
+    def write(self, **fields: Any) -> None:
+        if self.log is not None:
+            who = {"client": self.client, **({"user": self.user} if self.user is not None else {})}
+            self.log.write({"endpoint": self.endpoint, **who, "input": self.given, **fields})

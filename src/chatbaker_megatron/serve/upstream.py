@@ -1,7 +1,7 @@
 """`chatbaker serve --upstream URL`: the routes' second backend, any OpenAI-compatible engine.
 
 The request is validated, screened and rate-limited by the same routes as for
-the built-in engine (serve/app.py); what is accepted is forwarded as given,
+the built-in engine (serve/routes/openai.py); what is accepted is forwarded as given,
 with `model` renamed to the upstream's, and the reply comes back with `model`
 renamed to ours. A stream is relayed chunk by chunk as each arrives (and ends
 with `data: [DONE]` even where the upstream omits it). The upstream failing is
@@ -186,7 +186,10 @@ class Upstream:
                             )
                             # The chunk's choice with its text taken out: delta {} or text "".
                             chat = "delta" in chunk["choices"][0]
-                            last = {"index": 0, **({"delta": {}} if chat else {"text": ""})}
+                            last: dict[str, Any] = {
+                                "index": 0,
+                                **({"delta": {}} if chat else {"text": ""}),
+                            }
                             end = {
                                 **chunk,
                                 "choices": [{**last, "finish_reason": "content_filter"}],

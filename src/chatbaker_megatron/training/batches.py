@@ -10,7 +10,7 @@ broadcast is needed, and resuming at `consumed_samples` is exact.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -28,6 +28,14 @@ BATCH_KEYS = (
     "chosen_mask",
     "pair_index",
 )
+
+
+class MapDataset(Protocol):
+    """What `global_batch` reads: a length and samples by index."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int, /) -> Mapping[str, Any]: ...
 
 
 def _as_tensor(value: Any) -> torch.Tensor:
@@ -74,7 +82,7 @@ def collate(samples: Sequence[Mapping[str, Any]], plat: Platform) -> dict[str, t
 
 
 def global_batch(
-    dataset: Sequence,
+    dataset: MapDataset,
     *,
     start: int,
     global_batch_size: int,

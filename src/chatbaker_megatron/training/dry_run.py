@@ -2,7 +2,7 @@
 
 For each named rank, one CPU process builds that rank's megatron-core model
 shard, DDP buffers and optimizer through the project's own builders
-(training/engine.py build_engine), at full size but as fake tensors
+(training/engine.py build_run_engine), at full size but as fake tensors
 (FakeTensorMode: shapes and dtypes, no memory), in a world of the run's size
 made of torch's fake process group: every process group the real run creates
 exists, and collectives (DDP's broadcast_params, the optimizer's) are no-ops.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -26,24 +25,23 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from megatron.core.utils import get_model_config
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.testing._internal.distributed.fake_pg import FakeStore
 
 from chatbaker_megatron import parallel
 from chatbaker_megatron.checkpoint.sizes import CheckpointCost, checkpoint_cost
 from chatbaker_megatron.config.parallel import Overlaps
-from chatbaker_megatron.config.schema import RunConfig, train_iters
+from chatbaker_megatron.config.schema import RunConfig
 from chatbaker_megatron.plan.candidates import workload_of
 from chatbaker_megatron.plan.memory import ModelState, model_state
 from chatbaker_megatron.plan.reference import reference_model_line
-from chatbaker_megatron.platform import device_rules
 from chatbaker_megatron.training.checkpoint_report import (
     checkpoint_json,
     checkpoint_lines,
     checkpoint_summary,
 )
-from chatbaker_megatron.training.engine import Engine, build_engine
-from chatbaker_megatron.training.trainer import PRECISION_DTYPES
+from chatbaker_megatron.training.engine import Engine, build_run_engine
 
 COMPARED = ("weights", "grads", "optimizer")
 
@@ -90,7 +88,10 @@ def fake_world(rank: int, world_size: int) -> Iterator[None]:
 
     all_gather_object = dist.all_gather_object
 
-    def mirror_all_gather_object(object_list: list, obj: Any, group: Any = None) -> None:
+    # dist.all_gather_object's signature.
+    def mirror_all_gather_object(
+        object_list: list[Any], obj: Any, group: Any = None, weights_only: bool = False
+    ) -> None:
         # The fake backend moves no data (and under fake tensors the object
         # sizes cannot be read back): every rank is taken to hold this rank's object.
         object_list[:] = [obj] * len(object_list)
@@ -106,13 +107,19 @@ def fake_world(rank: int, world_size: int) -> Iterator[None]:
         dist.destroy_process_group()
 
 
+def on_gpu(cfg: RunConfig) -> bool:
+    """Whether the run trains on GPUs (its overlaps are resolved for them)."""
+    return cfg.cluster.device.name != "cpu"
+
+
 def overlaps(cfg: RunConfig) -> Overlaps:
     """As the trainer resolves them on the run's devices (on by default on GPUs)."""
-    return cfg.parallel.overlaps(on_gpu=cfg.cluster.device.name != "cpu")
+    return cfg.parallel.overlaps(on_gpu=on_gpu(cfg))
 
 
-def held_state(engine: Engine, sixteen_bit: bool) -> ModelState:
+def held_state(engine: Engine) -> ModelState:
     """Parameters and bytes the built engine holds, read from megatron's own buffers."""
+    sixteen_bit = get_model_config(engine.chunks[0]).params_dtype != torch.float32
     nbytes = lambda t: t.numel() * t.element_size()  # noqa: E731
     params = sum(p.numel() for chunk in engine.chunks for p in chunk.parameters())
     weights = grads = optimizer = 0
@@ -146,7 +153,8 @@ def _fake_tensors() -> FakeTensorMode:
     shapes are static.
     """
     mode = FakeTensorMode(allow_non_fake_inputs=True, static_shapes=True)
-    mode.fake_tensor_converter.meta_converter.tensor_memo = {}
+    # A plain dict on purpose (strong references), where torch types a WeakValueDictionary.
+    mode.fake_tensor_converter.meta_converter.tensor_memo = {}  # type: ignore[assignment]
     return mode
 
 
@@ -161,22 +169,12 @@ def _adam_steps(engine: Engine) -> None:
 
 def dry_run_rank(cfg: RunConfig, rank: int) -> RankReport:
     """Build rank `rank`'s shard of the run as fake tensors and compare it with the planner."""
-    params_dtype = PRECISION_DTYPES[cfg.cluster.precision]
+    assert cfg.model.vocab_size is not None, "run() refuses a config without model.vocab_size"
     with fake_world(rank, cfg.cluster.world_size):
         ctx = parallel.initialize(cfg.parallel, seed=cfg.train.seed)
         with _fake_tensors():
-            engine = build_engine(
-                cfg.model,
-                cfg.parallel,
-                cfg.optim,
-                vocab_size=cfg.model.vocab_size,
-                max_sequence_length=cfg.train.seq_length,
-                train_iters=train_iters(cfg.train),
-                global_batch_size=cfg.train.global_batch_size,
-                params_dtype=params_dtype,
-                overlaps=overlaps(cfg),
-            )
-            built = held_state(engine, params_dtype != torch.float32)
+            engine = build_run_engine(cfg, vocab_size=cfg.model.vocab_size, on_gpu=on_gpu(cfg))
+            built = held_state(engine)
             _adam_steps(engine)
             cost = checkpoint_cost(engine, one_rank_view=True)
     planned = model_state(workload_of(cfg), cfg.parallel, ctx.dp, ctx.pp_rank, ctx.dp_rank)
@@ -224,9 +222,6 @@ def render(cfg: RunConfig, reports: list[RankReport], seconds: float) -> None:
 
 def run(cfg: RunConfig, ranks: list[int] | None, as_json: bool) -> int:
     """Dry-run `ranks` (default: `default_ranks`); 1 when any differs from the planner."""
-    # NCCL's device rules (a CPU test mode) track real tensors on real groups;
-    # the dry run has neither, and its fake gloo groups must stay fake.
-    os.environ.pop(device_rules.ENV, None)
     if cfg.model.vocab_size is None:
         # Training takes the tokenizer's size; the dry run compares with the
         # planner, which has no tokenizer.

@@ -27,12 +27,13 @@ from chatbaker_megatron import platform
 from chatbaker_megatron.config.model import ModelConfig
 from chatbaker_megatron.config.optim import OptimConfig
 from chatbaker_megatron.config.parallel import NO_OVERLAPS, Overlaps, ParallelConfig
-from chatbaker_megatron.model.llama import build_model
+from chatbaker_megatron.config.schema import RunConfig
+from chatbaker_megatron.model.llama import PRECISION_DTYPES, build_model
 
 
 @dataclass
 class Engine:
-    chunks: list[torch.nn.Module]
+    chunks: list[DistributedDataParallel]
     optimizer: MegatronOptimizer
     scheduler: OptimizerParamScheduler
     overlaps: Overlaps = NO_OVERLAPS
@@ -179,3 +180,22 @@ def build_engine(
         wd_incr_style="constant",
     )
     return Engine(chunks=chunks, optimizer=optimizer, scheduler=scheduler, overlaps=overlaps)
+
+
+def build_run_engine(cfg: RunConfig, *, vocab_size: int, on_gpu: bool) -> Engine:
+    """`build_engine` for a training run: the trainer's and `--dry-run`'s one way to build it.
+
+    `on_gpu` resolves the overlaps as on the run's devices (on by default on GPUs,
+    `ParallelConfig.overlaps`); they decide DDP's bucketing and so the padding.
+    """
+    return build_engine(
+        cfg.model,
+        cfg.parallel,
+        cfg.optim,
+        vocab_size=vocab_size,
+        max_sequence_length=cfg.train.seq_length,
+        train_iters=cfg.train.iterations,
+        global_batch_size=cfg.train.global_batch_size,
+        params_dtype=PRECISION_DTYPES[cfg.cluster.precision],
+        overlaps=cfg.parallel.overlaps(on_gpu=on_gpu),
+    )

@@ -27,7 +27,7 @@ from chatbaker_megatron.launch import FATAL_ERROR_FILE, parent_is_torchrun
 from chatbaker_megatron.model.dispatch import KernelBackendError
 from chatbaker_megatron.parallel import TopologyError
 from chatbaker_megatron.run_lock import RunDirLockedError
-from chatbaker_megatron.training.trainer import LossSpikeError, NonFiniteLossError
+from chatbaker_megatron.training.health import LossSpikeError, NonFiniteLossError
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from chatbaker_megatron.atomic_files import replace_file
+
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
@@ -54,16 +56,6 @@ def _format_duration(seconds: float) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
-
-
-def _replace_file(path: str, text: str) -> None:
-    """Write `path` whole or not at all (temp file, fsync, rename)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def set_aside_rerun_rows(path: str, start_iteration: int) -> int:
@@ -99,7 +91,7 @@ def set_aside_rerun_rows(path: str, start_iteration: int) -> int:
         f.write("".join(line + "\n" for line in moved))
         f.flush()
         os.fsync(f.fileno())
-    _replace_file(path, "".join(line + "\n" for line in kept))
+    replace_file(path, "".join(line + "\n" for line in kept))
     return len(moved)
 
 
@@ -128,7 +120,7 @@ class MetricsLogger:
         if not enabled:
             return
         os.makedirs(run_dir, exist_ok=True)
-        _replace_file(os.path.join(run_dir, "config.yaml"), OmegaConf.to_yaml(config))
+        replace_file(os.path.join(run_dir, "config.yaml"), OmegaConf.to_yaml(config))
         metrics_path = os.path.join(run_dir, METRICS_FILE)
         moved = set_aside_rerun_rows(metrics_path, start_iteration)
         if moved:
@@ -159,7 +151,7 @@ class MetricsLogger:
             )
 
     def log(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
+        if self._jsonl is None:  # not enabled
             return
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()

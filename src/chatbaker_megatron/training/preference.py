@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -30,6 +29,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from chatbaker_megatron.atomic_files import publish
 from chatbaker_megatron.data.datasets.preference import PreferenceDataset
 from chatbaker_megatron.platform import Platform
 from chatbaker_megatron.training.batches import global_batch
@@ -66,7 +66,6 @@ def _sequence_logps(
 def preference_loss_func(
     settings: Any,
     batch: dict[str, torch.Tensor],
-    loss_multiplier: float,
     output_tensor: torch.Tensor,
 ):
     """megatron's loss function for one micro-batch: (sum of pair losses, pairs, report)."""
@@ -87,7 +86,6 @@ def preference_loss_func(
         # nll_scale = pairs / chosen tokens of the global batch: after megatron divides the
         # summed loss by the pairs, this term is alpha x the per-token NLL of the batch.
         loss_sum = loss_sum + settings.rpo_alpha * nll_chosen * batch["nll_scale"].reshape(())
-    loss_sum = loss_sum * loss_multiplier
     pairs = torch.tensor(len(chosen), dtype=torch.int, device=chosen.device)
     report = torch.cat(
         [
@@ -98,9 +96,7 @@ def preference_loss_func(
     return loss_sum, pairs, {"lm loss": report}
 
 
-def _record_logps(
-    table: torch.Tensor, batch: dict[str, torch.Tensor], _multiplier: float, output_tensor
-):
+def _record_logps(table: torch.Tensor, batch: dict[str, torch.Tensor], output_tensor):
     """Pre-pass loss function: writes each real pair's log-probs into `table`, reports nothing."""
     chosen, rejected, _, _ = _sequence_logps(batch, output_tensor)
     index = batch["pair_index"].reshape(-1)
@@ -111,7 +107,7 @@ def _record_logps(
     return zero, count, {"lm loss": torch.stack([zero.detach(), count.float()])}
 
 
-class _InOrder(Sequence):
+class _InOrder:
     """Pairs in store order, padded to whole global batches by repeats flagged pair_index -1."""
 
     def __init__(self, dataset: PreferenceDataset, pairs: np.ndarray, padded: int) -> None:
@@ -236,8 +232,7 @@ def save_reference(run_dir: str, identity: dict[str, Any], table: torch.Tensor) 
         np.save(f, table.cpu().numpy())
     with open(f"{meta}.partial", "w", encoding="utf-8") as f:
         json.dump(identity, f, indent=2)
-    os.replace(f"{meta}.partial", meta)
-    os.replace(f"{values}.partial", values)
+    publish((f"{meta}.partial", meta), (f"{values}.partial", values))
 
 
 def build_preference_training(

@@ -47,9 +47,15 @@ class StepResult:
     # The objective's further sums over the global batch (e.g. DPO's rewards), in its order.
     sums: tuple[float, ...] = ()
 
+    @property
+    def finite(self) -> bool:
+        """The loss and grad norm were finite: an applied update, a spike (a finite loss
+        refused) or an fp16 overflow (loss scaling at work). Recorded in each checkpoint."""
+        return self.update_successful or self.spike or self.overflow
 
-def _loss_func(batch: dict[str, torch.Tensor], loss_multiplier: float, output_tensor: torch.Tensor):
-    losses = output_tensor.float().reshape(-1) * loss_multiplier
+
+def _loss_func(batch: dict[str, torch.Tensor], output_tensor: torch.Tensor):
+    losses = output_tensor.float().reshape(-1)
     mask = batch["loss_mask"].float().reshape(-1)
     loss_sum = torch.sum(losses * mask)
     tokens = mask.sum().to(torch.int)
@@ -77,7 +83,7 @@ def _packed(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Pa
 
 @dataclass(frozen=True)
 class Objective:
-    """What a step optimises: `loss_func(batch, loss_multiplier, per-token losses)` returns
+    """What a step optimises: `loss_func(batch, per-token losses)` returns
     megatron's (loss sum, count, {"lm loss": report}); the report holds `report_size`
     sums: the loss sum, its count, then any further sums (StepResult.sums)."""
 
@@ -88,7 +94,7 @@ class Objective:
 LANGUAGE_MODEL = Objective()
 
 
-def _forward_step(data_iterator, model, loss_multiplier: float = 1.0, objective=LANGUAGE_MODEL):
+def _forward_step(data_iterator, model, objective=LANGUAGE_MODEL):
     batch = next(data_iterator)
     inputs, packed = _packed(batch) if "cu_seqlens" in batch else (batch, None)
     output = model(
@@ -98,7 +104,7 @@ def _forward_step(data_iterator, model, loss_multiplier: float = 1.0, objective=
         labels=inputs["labels"],
         packed_seq_params=packed,
     )
-    return output, partial(objective.loss_func, batch, loss_multiplier)
+    return output, partial(objective.loss_func, batch)
 
 
 def _sequence_shape(micro_batches: list[dict[str, torch.Tensor]]) -> tuple[int, int]:
@@ -130,16 +136,13 @@ def _run_schedule(
     engine: Engine,
     micro_batches: list[dict[str, torch.Tensor]],
     forward_only: bool,
-    loss_multiplier: float = 1.0,
     objective: Objective = LANGUAGE_MODEL,
 ) -> list[dict]:
     seq_length, micro_batch_size = _sequence_shape(micro_batches)
     # Every chunk (virtual stage) pulls the same micro-batches in order.
     iterators = [iter(micro_batches) for _ in engine.chunks]
     return get_forward_backward_func()(
-        forward_step_func=partial(
-            _forward_step, loss_multiplier=loss_multiplier, objective=objective
-        ),
+        forward_step_func=partial(_forward_step, objective=objective),
         data_iterator=iterators if len(iterators) > 1 else iterators[0],
         model=engine.chunks if len(engine.chunks) > 1 else engine.chunks[0],
         num_microbatches=len(micro_batches),
@@ -209,7 +212,6 @@ def train_step(
     *,
     global_batch_size: int,
     accept_loss: Callable[[float], bool] = lambda loss: True,
-    loss_multiplier: float = 1.0,
     objective: Objective = LANGUAGE_MODEL,
 ) -> StepResult:
     """Forward and backward over the global batch, then one optimizer and LR-schedule step.
@@ -217,20 +219,13 @@ def train_step(
     A loss-scale overflow, a non-finite loss or gradient norm, or a finite loss
     that `accept_loss` refuses (the spike policy), leaves the weights and the
     schedule untouched (`update_successful` False; `overflow` and `spike` tell
-    which); the caller applies its policy. `loss_multiplier` scales the loss and so the gradients (fault
-    injection of a spike).
+    which); the caller applies its policy.
     """
     for chunk in engine.chunks:
         chunk.train()
         chunk.zero_grad_buffer()
     engine.optimizer.zero_grad()
-    losses_reduced = _run_schedule(
-        engine,
-        micro_batches,
-        forward_only=False,
-        loss_multiplier=loss_multiplier,
-        objective=objective,
-    )
+    losses_reduced = _run_schedule(engine, micro_batches, forward_only=False, objective=objective)
     loss, tokens, sums = _global_loss(losses_reduced, engine, objective.report_size)
     result = _optimizer_step(engine, loss, tokens, accept_loss)
     if result.update_successful:

@@ -13,6 +13,17 @@ until the first step completes and during a checkpoint save it is
 `train.hang_startup_timeout_s` (communicator setup, compilation and storage
 take longer than a step). SIGUSR2 dumps the stacks of a running rank to its
 stderr at any time (faulthandler, so also while it is blocked in C++).
+
+Two timers watch each deadline. The watchdog thread (Python) fires at the
+limit and does what faulthandler's own timer cannot: the hang file naming the
+rank, the phase and the limit, the NCCL flight recorder (`extra_dump`, Python
+code), HANG_EXIT_CODE and one line on stderr; it cancels faulthandler's timer
+first. That timer (`dump_traceback_later`, a C thread that needs no GIL)
+fires BACKSTOP_GRACE_S later, so only when the watchdog thread could not run:
+a rank stuck in a C call that holds the GIL still dumps its stacks (to
+stderr) and exits (code 1) instead of waiting for the job's time limit. It
+is paused around every fork: a child forked while it is armed hangs in its
+next cancel, which its exit runs (CPython 3.12, tests/unit/test_watchdog.py).
 """
 
 from __future__ import annotations
@@ -32,6 +43,24 @@ log = logging.getLogger(__name__)
 
 # The exit code of a rank the watchdog ends (any non-zero code makes torchrun restart).
 HANG_EXIT_CODE = 3
+# How long after the limit faulthandler's timer ends a rank whose watchdog thread
+# never got the GIL: far more than that thread needs to reach the GIL and cancel it.
+BACKSTOP_GRACE_S = 30.0
+# The watchdog whose faulthandler timer is armed (faulthandler has one per process).
+_backstop: HangWatchdog | None = None
+
+
+def _pause_backstop() -> None:
+    if _backstop is not None:
+        faulthandler.cancel_dump_traceback_later()
+
+
+def _resume_backstop() -> None:
+    if _backstop is not None:
+        _backstop._arm_backstop()
+
+
+os.register_at_fork(before=_pause_backstop, after_in_parent=_resume_backstop)
 
 
 def hang_dir(run_dir: str) -> str:
@@ -75,19 +104,36 @@ class HangWatchdog:
         with self._cond:
             self._since = time.monotonic()
             self._limit_s, self._phase = limit_s, phase
+            if _backstop is self:
+                self._arm_backstop()
             self._cond.notify()
 
+    def _arm_backstop(self) -> None:
+        """faulthandler's timer to this watchdog's deadline plus BACKSTOP_GRACE_S (~0.1 ms:
+        it replaces faulthandler's C thread, at every step)."""
+        remaining = max(self._since + self._limit_s - time.monotonic(), 0.0)
+        faulthandler.dump_traceback_later(remaining + BACKSTOP_GRACE_S, exit=True, file=sys.stderr)
+
+    def _disarm_backstop(self) -> None:
+        global _backstop
+        if _backstop is self:
+            _backstop = None
+            faulthandler.cancel_dump_traceback_later()
+
     def start(self) -> None:
+        global _backstop
         if self.timeout_s is None:
             return
         faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True)
+        _backstop = self
         self._arm(self.startup_timeout_s, "before the first step")
         self._thread = threading.Thread(target=self._watch, name="hang-watchdog", daemon=True)
         self._thread.start()
 
     def progress(self, phase: str = "after a step") -> None:
-        """A step completed: the next one has `timeout_s`."""
-        self._arm(self.timeout_s, phase)
+        """A step completed: the next one has `timeout_s` (nothing to do when the watchdog is off)."""
+        if self.timeout_s is not None:
+            self._arm(self.timeout_s, phase)
 
     @contextlib.contextmanager
     def long_operation(self, what: str) -> Iterator[None]:
@@ -99,6 +145,7 @@ class HangWatchdog:
     def stop(self) -> None:
         with self._cond:
             self._stopped = True
+            self._disarm_backstop()
             self._cond.notify()
         if self._thread is not None:
             self._thread.join()
@@ -113,6 +160,7 @@ class HangWatchdog:
                 self._cond.wait(remaining)
             if self._stopped:
                 return
+            self._disarm_backstop()  # this thread has the GIL: it takes over
             waited, limit, phase = time.monotonic() - self._since, self._limit_s, self._phase
         self._fire(waited, limit, phase)
 

@@ -4,6 +4,7 @@ tasks, the report's arithmetic, resuming, refusing a foreign output folder, bad 
 import itertools
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -207,3 +208,39 @@ def test_a_truncated_gzip_keeps_nothing_unless_told_and_is_named(tmp_path, keep_
     with pytest.raises(BadInputError, match=r"cut\.jsonl\.gz: unreadable-file: EOFError"):
         failing = CuratedJsonlReader(str(tmp_path), on_bad_input="fail", fallback_encodings=[])
         list(failing.read_file("cut.jsonl.gz"))
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_datatrove_logs_to_its_files_and_to_the_console_only_when_verbose(
+    verbose, raw_sample, tmp_path, capfd, monkeypatch
+):
+    """Issue 23: a curate run printed 724 lines of datatrove's log, ending in a "Total
+    Runtime: 0 seconds" (its report step was not timed)."""
+    from chatbaker_megatron import notices
+
+    if verbose:
+        monkeypatch.setenv(notices.VERBOSE_ENV, "1")
+    else:
+        monkeypatch.delenv(notices.VERBOSE_ENV, raising=False)
+    output = tmp_path / "out"
+    cfg = compose_curate(
+        [
+            f"input={raw_sample.folder}/raw_bad.jsonl",
+            f"output={output}",
+            "dedup.exact=false",
+            "dedup.minhash=false",
+            "progress=false",
+        ]
+    )
+    curate(cfg)
+    out, err = capfd.readouterr()
+    assert re.search(r"^curate: 2 stages in \d+\.\d s \(wall\)$", out, re.MULTILINE), out
+    datatrove_lines = [
+        line for line in err.splitlines() if "| INFO " in line or "Total Runtime" in line
+    ]
+    assert bool(datatrove_lines) == verbose, err[-3000:]
+    # The task log files hold datatrove's log either way.
+    task_log = (output / "logs" / "1_filter" / "logs" / "task_00000.log").read_text("utf-8")
+    assert "Processing done for rank=0" in task_log and "Total Runtime" in task_log
+    with open(output / "logs" / "2_report" / "stats" / "00000.json", encoding="utf-8") as f:
+        assert json.load(f)[0]["time_stats"]["total"] > 0

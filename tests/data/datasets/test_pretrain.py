@@ -11,12 +11,11 @@ from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 from omegaconf import OmegaConf
 
 from chatbaker_megatron.config.data import DataConfig, DatasetConfig
+from chatbaker_megatron.config.schema import RunConfig
 from chatbaker_megatron.data.datasets.pretrain import build_pretrain_datasets
 from chatbaker_megatron.data.demo.prepare import PRETRAIN_SAMPLES
 from chatbaker_megatron.data.tokenizer.load import load_tokenizer
 from chatbaker_megatron.data.tokenizer.train import train_tokenizer
-
-CONF = Path(__file__).resolve().parents[3] / "conf/data"
 
 
 def write_documents(prefix: Path, first_token: int, count: int, seed: int) -> None:
@@ -136,7 +135,8 @@ def test_missing_dataset_and_foreign_tokenizer_are_named(demo, tokenizer, tmp_pa
 
 
 def test_demo_config_builds_from_the_bundled_corpus(demo, tokenizer, tmp_path):
-    cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(CONF / "demo.yaml"))
+    # The demo's data is the run config's default (conf/data/demo.yaml adds nothing).
+    cfg = OmegaConf.structured(RunConfig().data)
     cfg.root = str(demo.root)
     train, valid, test = build(cfg, tokenizer, num_samples=(500, 20, 20), seq_length=128)
     assert len(train) >= 500 and len(valid) >= 20 and len(test) >= 20

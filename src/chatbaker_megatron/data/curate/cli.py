@@ -12,29 +12,27 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from chatbaker_megatron.config.checks import ConfigError, check_known_keys
-from chatbaker_megatron.config.curate import CurateConfig, register, validate_curate_config
+from chatbaker_megatron.config.checks import ConfigError
+from chatbaker_megatron.config.compose import compose_config
+from chatbaker_megatron.config.curate import CurateConfig, register
 from chatbaker_megatron.data.corpus import BadInputError
-
-CONFIG_MODULE = "chatbaker_megatron.conf"
 
 
 def compose_curate(overrides: list[str]) -> CurateConfig:
     """The validated CurateConfig for these Hydra overrides."""
     register()
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        node = compose(config_name="curate", overrides=list(overrides))
-    check_known_keys(node, CurateConfig)
+    node = compose_config("curate", overrides, CurateConfig)
     for key in ("input", "output"):
         if OmegaConf.is_missing(node, key):
             raise ConfigError(f"{key}: required (chatbaker curate input=PATH_OR_GLOB output=DIR)")
     cfg = OmegaConf.to_object(node)
-    validate_curate_config(cfg)
+    assert isinstance(cfg, CurateConfig)  # the composed node's schema (`register` above)
+    cfg.validate()
     return cfg
 
 
@@ -51,11 +49,14 @@ def curate(cfg: CurateConfig) -> dict:
         + (" (resuming: finished tasks are skipped)" if resumed else "")
     )
     stages = build_stages(cfg, inputs)
+    started = time.monotonic()
     run_stages(cfg, stages)
     report_path = os.path.join(cfg.output, "report.json")
     if cfg.executor.kind != "local":
         print(f"submitted {len(stages)} chained SLURM arrays; the report will be in {report_path}")
         return {}
+    # The job's wall time: datatrove's "Total Runtime" (--verbose) sums its steps' timers only.
+    print(f"curate: {len(stages)} stages in {time.monotonic() - started:.1f} s (wall)")
     import json
 
     with open(report_path, encoding="utf-8") as f:

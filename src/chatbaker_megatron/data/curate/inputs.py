@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from datatrove.data import Document, DocumentsPipeline
@@ -72,6 +73,8 @@ class BadInputPolicy:
     """Counts a bad record as `bad_<kind>`, or raises in `fail` mode."""
 
     on_bad_input: str
+    # The datatrove reader this is mixed into provides it (PipelineStep.stat_update).
+    stat_update: Callable[..., None]
 
     def bad(self, location: str, bad: BadRecord) -> None:
         if self.on_bad_input == "fail":

@@ -14,6 +14,7 @@ import os
 from dataclasses import asdict
 from typing import Any
 
+from chatbaker_megatron.atomic_files import replacing
 from chatbaker_megatron.config.checks import ConfigError
 from chatbaker_megatron.config.curate import CurateConfig
 from chatbaker_megatron.data.curate.inputs import InputFiles
@@ -70,10 +71,6 @@ def claim_output_folder(output: str, expected: dict[str, Any]) -> bool:
             f"chatbaker curate output: use a new or empty output folder"
         )
     os.makedirs(output, exist_ok=True)
-    tmp = manifest + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with replacing(manifest) as f:
         json.dump(expected, f, ensure_ascii=False, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, manifest)
     return False

@@ -15,7 +15,7 @@ IPv4, IPv6.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from datatrove.pipeline.formatters.base import BaseFormatter
 from datatrove.pipeline.formatters.pii import PIIFormatter, PIIReplacer, public_ip_validator
@@ -112,7 +112,7 @@ class PIIScrubber(BaseFormatter):
     name = "🔏 PII scrub"
 
     def __init__(
-        self, kinds: list[str], rrn_require_checksum: bool = True, ip_public_only: bool = True
+        self, kinds: Collection[str], rrn_require_checksum: bool = True, ip_public_only: bool = True
     ) -> None:
         super().__init__()
         self.rrn_require_checksum = rrn_require_checksum

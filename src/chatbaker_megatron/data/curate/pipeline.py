@@ -69,7 +69,7 @@ def output_record(self: JsonlWriter, doc: Any) -> dict[str, Any]:
 def _readers(cfg: CurateConfig, inputs: InputFiles, work: str) -> list[PipelineStep]:
     """The first stage's readers: one per input format present, each sharding its files by rank."""
     progress = cfg.progress and cfg.executor.kind == "local"
-    common = {
+    common: dict[str, Any] = {  # for both readers
         "text_key": cfg.read.text_key,
         "id_key": cfg.read.id_key,
         "on_bad_input": cfg.read.on_bad_input,
@@ -196,7 +196,9 @@ def run_stages(cfg: CurateConfig, stages: list[Stage]) -> None:
         )
         previous = stage.executor
     if cfg.executor.kind != "local":
-        stages[-1].executor.run()
+        last = stages[-1].executor
+        assert last is not None  # built in the loop above
+        last.run()
         return
     bar = tqdm(stages, desc="curate", unit="stage", disable=not cfg.progress)
     for stage in bar:

@@ -58,12 +58,15 @@ _PARTICLE_ENDING = re.compile(
 )
 
 
-class LanguageGated:
-    """Mixin: apply the filter to documents of one language only; the others pass."""
+class LanguageGated(BaseFilter):
+    """Mixin for a filter: apply it to documents of one language only; the others pass."""
+
+    name: str
 
     def __init__(self, language_code: str, **kwargs: Any) -> None:
-        # Before PipelineStep.__init__, which names the stats after the step.
-        self.name = f"{type(self).name} [{language_code}]"
+        # Before PipelineStep.__init__, which names the stats after the step: the
+        # class's name, as the instance has none yet.
+        self.name = f"{self.name} [{language_code}]"
         self.language_code = language_code
         super().__init__(**kwargs)
 
@@ -85,6 +88,10 @@ class RepetitionFilter(GopherRepetitionFilter):
     of a ten-word article is that much); Gopher only ever saw documents of
     50+ words. Line and paragraph duplication rules apply to all.
     """
+
+    # (n, largest share of characters) rules, set by GopherRepetitionFilter.__init__.
+    top_n_grams: tuple[tuple[int, float], ...]
+    dup_n_grams: tuple[tuple[int, float], ...]
 
     def __init__(self, ngram_min_words: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -50,15 +50,15 @@ def _total(value: Any) -> float:
     return value.get("total", 0) if isinstance(value, dict) else value
 
 
-def sum_stage_stats(stage_dir: str) -> list[tuple[str, Counter]]:
+def sum_stage_stats(stage_dir: str) -> list[tuple[str, defaultdict[str, float]]]:
     """The stats of one stage's steps (in pipeline order), each label summed over its tasks."""
-    steps: dict[str, Counter] = {}
+    steps: dict[str, defaultdict[str, float]] = {}
     for path in sorted(glob.glob(os.path.join(stage_dir, "stats", "*.json"))):
         with open(path, encoding="utf-8") as f:
             for step in json.load(f):
-                counter = steps.setdefault(step["name"], Counter())
+                totals = steps.setdefault(step["name"], defaultdict(float))
                 for label, value in step["stats"].items():
-                    counter[label] += _total(value)
+                    totals[label] += _total(value)
     return list(steps.items())
 
 
@@ -228,5 +228,7 @@ class ReportStep(PipelineStep):
         self.stage_dirs = stage_dirs
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1):
-        write_report(self.output, self.stage_dirs)
+        # Timed, so that datatrove's stats of this stage give its runtime (not 0 seconds).
+        with self.track_time():
+            write_report(self.output, self.stage_dirs)
         return iter(())

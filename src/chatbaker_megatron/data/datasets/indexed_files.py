@@ -26,7 +26,7 @@ import numpy as np
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
 # megatron's DType codes.
-DTYPE_CODES = {
+DTYPE_CODES: dict[np.dtype, int] = {
     np.dtype(np.uint8): 1,
     np.dtype(np.int8): 2,
     np.dtype(np.int16): 3,

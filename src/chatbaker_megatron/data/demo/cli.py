@@ -26,14 +26,15 @@ def run(args: argparse.Namespace) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from chatbaker_megatron.config.compose import compose_dict
-    from chatbaker_megatron.config.data import validate_data_config
+    from chatbaker_megatron.config.data import DataConfig
     from chatbaker_megatron.data.demo.prepare import prepare_data
 
     try:
         # Only the data group: the rest (e.g. the world size a layout needs)
         # is checked by the run itself, and cannot change what is built here.
         data = OmegaConf.to_object(compose_dict(args.overrides).data)
-        validate_data_config(data)
+        assert isinstance(data, DataConfig)  # the data group's schema
+        data.validate()
     except (ValueError, HydraException, OmegaConfBaseException) as err:
         print(f"chatbaker prepare-data: invalid config: {err}", file=sys.stderr)
         return 2

@@ -16,9 +16,9 @@ from chatbaker_megatron.data.preprocess.scaleout_cli import (
     is_scaleout,
     run_scaleout,
 )
-from chatbaker_megatron.data.preprocess.stop_signals import StopRequested
 from chatbaker_megatron.data.templates import TEMPLATES
 from chatbaker_megatron.data.tokenizer.fast import ENCODERS
+from chatbaker_megatron.stop_signals import StopRequested
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,18 +8,16 @@ needs: the bytes written so far scaled by the share of the input done.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 
-DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 # Before any token is written the ratio is unknown: ~4 input bytes per token
 # (English ~4 characters per token; Korean ~1.5 characters of 3 UTF-8 bytes).
 INPUT_BYTES_PER_TOKEN = 4
 
 
 class OutputDiskError(OSError):
-    """The output cannot be written (ENOSPC, EDQUOT, EROFS); the message is the whole report."""
+    """The output cannot be written (disk_errors.DISK_ERRNOS); the message is the whole report."""
 
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)  # one argument: str() is the message, no "[Errno N]"
@@ -42,8 +40,9 @@ def _size(size: int) -> str:
     return f"{size} B"
 
 
-def describe_disk_error(err: OSError, *, path: str, needed: int, progress: float) -> str:
-    """One line: what failed on which path, the estimated bytes needed and the free space there."""
+def describe_disk_error(err: OSError, code: int, *, path: str, needed: int, progress: float) -> str:
+    """One line: what failed (`code`, disk_errors.disk_errno of `err`) on which path, the
+    estimated bytes needed and the free space there."""
     directory = os.path.dirname(os.path.abspath(path))
     try:
         free = f"{_size(shutil.disk_usage(directory).free)} free there"
@@ -51,7 +50,7 @@ def describe_disk_error(err: OSError, *, path: str, needed: int, progress: float
         free = "free space unknown"
     basis = f"{progress:.0%} of the input written" if progress else "no output written yet"
     return (
-        f"{os.strerror(err.errno).lower()} writing {err.filename or path}: the output needs "
+        f"{os.strerror(code).lower()} writing {err.filename or path}: the output needs "
         f"about {_size(needed)} ({needed:,} bytes; estimate, {basis}), {free}; "
         "partial files removed"
     )

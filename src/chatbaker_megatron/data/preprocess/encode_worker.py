@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from chatbaker_megatron.data.datasets.packing import fit_whole_turns
 from chatbaker_megatron.data.preprocess.conversations import parse_sharegpt
 from chatbaker_megatron.data.preprocess.sft_tokenize import tokenize_conversations
 from chatbaker_megatron.data.templates import ChatTemplate, load_template
-from chatbaker_megatron.data.tokenizer.fast import batch_encoder
+from chatbaker_megatron.data.tokenizer.fast import BatchEncoder, batch_encoder
 from chatbaker_megatron.data.tokenizer.load import ChatBakerTokenizer, load_tokenizer
 
 
@@ -54,7 +55,15 @@ class EncodedChunk:
         return len(self.seq_lengths) // self.seqs_per_doc
 
 
-_worker: dict[str, object] = {}
+class _WorkerState(TypedDict, total=False):
+    """What init_worker loads, once per worker process."""
+
+    tokenizer: ChatBakerTokenizer
+    encoder: BatchEncoder | None  # None for the chat formats
+    template: ChatTemplate | None  # None for --format text
+
+
+_worker: _WorkerState = {}
 
 
 def init_worker(
@@ -80,20 +89,22 @@ def _flatten(
     pos = 0
     for seq, n in zip(sequences, lengths):
         flat[pos : pos + n] = seq
-        pos += n
+        pos += int(n)
     return flat, lengths
 
 
 def encode_text_chunk(chunk: LineChunk, json_key: str, dtype: str) -> EncodedChunk:
     """Pretraining documents: the `json_key` text of every line, encoded, with eos appended."""
-    tokenizer: ChatBakerTokenizer = _worker["tokenizer"]
+    tokenizer = _worker["tokenizer"]
+    encoder = _worker["encoder"]
+    assert encoder is not None, "--format text loads a batch encoder (encode_pool)"
     texts, bad = [], []
     for offset, raw in enumerate(chunk.lines):
         try:
             texts.append(text_field(decode_json_line(raw), json_key))
         except BadRecord as err:
             bad.append((chunk.location(offset), err.kind, err.detail))
-    sequences = _worker["encoder"].encode_batch(texts)
+    sequences = encoder.encode_batch(texts)
     for ids in sequences:
         ids.append(tokenizer.eos_id)
     tokens, lengths = _flatten(sequences, dtype)
@@ -114,11 +125,18 @@ def _records(chunk: LineChunk | RecordChunk) -> Iterator[tuple[str, object]]:
             yield location, err
 
 
+def chat_worker() -> tuple[ChatBakerTokenizer, ChatTemplate]:
+    """The tokenizer and chat template init_worker loaded for a chat format."""
+    template = _worker["template"]
+    assert template is not None, "the chat formats load a chat template (pipeline.py)"
+    return _worker["tokenizer"], template
+
+
 def encode_sft_chunk(chunk: LineChunk | RecordChunk, dtype: str, seq_length: int) -> EncodedChunk:
     """Conversations: per document, the token ids then the target flags (two sequences)."""
-    tokenizer: ChatBakerTokenizer = _worker["tokenizer"]
-    template: ChatTemplate = _worker["template"]
-    conversations, positions, bad = [], [], []
+    tokenizer, template = chat_worker()
+    conversations, positions = [], []
+    bad: list[tuple[int, str, str, str]] = []  # (position, location, kind, detail)
     for position, (location, record) in enumerate(_records(chunk)):
         try:
             if isinstance(record, BadRecord):
@@ -138,13 +156,11 @@ def encode_sft_chunk(chunk: LineChunk | RecordChunk, dtype: str, seq_length: int
         targets += int(result.targets.sum())
     tokens, lengths = _flatten(sequences, dtype)
     chars = sum(len(m.content) for messages in conversations for m in messages)
-    # In input order, so that --on-error fail names the first bad record.
-    bad = [entry[1:] for entry in sorted(bad)]
     return EncodedChunk(
         tokens,
         lengths,
         2,
-        bad,
+        [entry[1:] for entry in sorted(bad)],  # in input order: --on-error fail names the first
         chars=chars,
         target_tokens=targets,
         fitted_lengths=np.asarray(fitted, dtype=np.int64),

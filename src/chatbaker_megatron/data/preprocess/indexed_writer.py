@@ -2,11 +2,11 @@
 
 The files (megatron's layout, written with numpy by datasets/indexed_files,
 so that preprocessing never imports torch) go to temporary names; on success the
-files are renamed into place with the .idx last (megatron needs both .bin
-and .idx, so the .idx is the commit marker) and any older .idx is removed
-before the new .bin arrives. The `PREFIX.meta.json` sidecar (datasets/meta.py)
-records what the data was made with, so training can refuse data from
-another tokenizer.
+files are fsynced and renamed into place with the .idx last (megatron needs
+both .bin and .idx, so the .idx is the commit marker; atomic_files.publish)
+and any older .idx is removed before the new .bin arrives. The
+`PREFIX.meta.json` sidecar (datasets/meta.py) records what the data was made
+with, so training can refuse data from another tokenizer.
 
 The temporary names carry the writer's host and pid
 (`PREFIX.partial-<host>-<pid>.*`): a failure or a stop signal removes them
@@ -27,6 +27,7 @@ from types import TracebackType
 
 import numpy as np
 
+from chatbaker_megatron.atomic_files import publish
 from chatbaker_megatron.data.datasets.indexed_files import IndexedFileWriter, bin_path, idx_path
 from chatbaker_megatron.data.datasets.meta import meta_path
 from chatbaker_megatron.data.preprocess.encode_worker import EncodedChunk
@@ -100,9 +101,11 @@ class AtomicIndexedWriter:
             json.dump(meta, f, ensure_ascii=False, indent=2)
         if os.path.exists(idx_path(self.prefix)):
             os.remove(idx_path(self.prefix))
-        os.replace(bin_path(self.partial), bin_path(self.prefix))
-        os.replace(meta_path(self.partial), meta_path(self.prefix))
-        os.replace(idx_path(self.partial), idx_path(self.prefix))
+        publish(
+            (bin_path(self.partial), bin_path(self.prefix)),
+            (meta_path(self.partial), meta_path(self.prefix)),
+            (idx_path(self.partial), idx_path(self.prefix)),
+        )
 
     def abort(self) -> None:
         """Remove the partial files. Closing may raise (the buffered tail hits a full disk):

@@ -16,8 +16,8 @@ document is two sequences, the token ids and the 0/1 target flags
 
 Every exit path removes the partial output: errors and Ctrl-C through the
 writer's abort, SIGTERM/SIGHUP by turning them into an exception
-(stop_signals); a full or read-only disk is reported as one line with the
-bytes the output needs (disk_space).
+(chatbaker_megatron.stop_signals); a full, over-quota or read-only disk is
+reported as one line with the bytes the output needs (disk_space).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from chatbaker_megatron.data.corpus import BadInputError, BadRecord, ErrorTally
 from chatbaker_megatron.data.datasets.indexed_files import token_dtype
 from chatbaker_megatron.data.datasets.packing import pack_best_fit_decreasing, packing_efficiency
 from chatbaker_megatron.data.preprocess.disk_space import (
-    DISK_ERRNOS,
     OutputDiskError,
     describe_disk_error,
     estimate_output_bytes,
@@ -52,10 +51,11 @@ from chatbaker_megatron.data.preprocess.preference_tokenize import (
     SEQS_PER_PAIR,
     encode_preference_chunk,
 )
-from chatbaker_megatron.data.preprocess.stop_signals import stop_signals_raise
 from chatbaker_megatron.data.templates import load_template
 from chatbaker_megatron.data.tokenizer.fast import batch_encoder
 from chatbaker_megatron.data.tokenizer.load import load_tokenizer
+from chatbaker_megatron.disk_errors import disk_errno
+from chatbaker_megatron.stop_signals import stop_signals_raise
 
 FORMATS = ("text", "sft", "preference")
 SEQS_PER_DOC = {"text": 1, "sft": 2, "preference": SEQS_PER_PAIR}
@@ -129,6 +129,7 @@ class PreprocessStats:
 
 def _disk_error(
     err: OSError,
+    code: int,
     writer: Any,
     output_prefix: str,
     input_done: int,
@@ -147,7 +148,7 @@ def _disk_error(
     path = f"{writer.partial}.bin" if writer else output_prefix
     progress = input_done / input_total if input_total else 0.0
     return OutputDiskError(
-        describe_disk_error(err, path=path, needed=needed, progress=progress), err.errno
+        describe_disk_error(err, code, path=path, needed=needed, progress=progress), code
     )
 
 
@@ -271,7 +272,10 @@ def preprocess(
                 }
             )
     except OSError as err:
-        if err.errno not in DISK_ERRNOS or isinstance(err, OutputDiskError):
+        code = disk_errno(err)
+        if code is None or isinstance(err, OutputDiskError):
             raise
-        raise _disk_error(err, writer, output_prefix, input_done, input_total, dtype, fmt) from None
+        raise _disk_error(
+            err, code, writer, output_prefix, input_done, input_total, dtype, fmt
+        ) from None
     return stats

@@ -26,7 +26,7 @@ from chatbaker_megatron.data.preprocess.encode_worker import (
     RecordChunk,
     _flatten,
     _records,
-    _worker,
+    chat_worker,
 )
 from chatbaker_megatron.data.preprocess.preference_pairs import PreferencePair, parse_preference
 from chatbaker_megatron.data.preprocess.sft_tokenize import (
@@ -106,9 +106,10 @@ def tokenize_pairs(
     results: list[TokenizedPair | BadRecord] = []
     for chosen, rejected in zip(tokenized[0::2], tokenized[1::2]):
         try:
-            for side in (chosen, rejected):
-                if isinstance(side, BadRecord):
-                    raise side
+            if isinstance(chosen, BadRecord):
+                raise chosen
+            if isinstance(rejected, BadRecord):
+                raise rejected
             results.append(_pair(chosen, rejected, seq_length))
         except BadRecord as bad:
             results.append(bad)
@@ -119,9 +120,9 @@ def encode_preference_chunk(
     chunk: LineChunk | RecordChunk, dtype: str, seq_length: int
 ) -> EncodedChunk:
     """Pairs: per document the chosen ids and flags, then the rejected ids and flags."""
-    tokenizer: ChatBakerTokenizer = _worker["tokenizer"]
-    template: ChatTemplate = _worker["template"]
-    pairs, positions, bad = [], [], []
+    tokenizer, template = chat_worker()
+    pairs, positions = [], []
+    bad: list[tuple[int, str, str, str]] = []  # (position, location, kind, detail)
     for position, (location, record) in enumerate(_records(chunk)):
         try:
             if isinstance(record, BadRecord):

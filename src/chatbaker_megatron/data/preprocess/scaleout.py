@@ -45,6 +45,7 @@ from datatrove.executor.base import PipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 
+from chatbaker_megatron.atomic_files import replace_file
 from chatbaker_megatron.config.executor import ExecutorConfig
 from chatbaker_megatron.data.corpus import BadInputError
 from chatbaker_megatron.data.datasets.indexed_files import dataset_exists, token_dtype
@@ -53,10 +54,10 @@ from chatbaker_megatron.data.executors import build_executor
 from chatbaker_megatron.data.preprocess.byte_ranges import split_byte_ranges
 from chatbaker_megatron.data.preprocess.indexed_writer import AtomicIndexedWriter
 from chatbaker_megatron.data.preprocess.pipeline import check_arguments, preprocess
-from chatbaker_megatron.data.preprocess.stop_signals import stop_signals_raise
 from chatbaker_megatron.data.templates import load_template
 from chatbaker_megatron.data.tokenizer.load import load_tokenizer
 from chatbaker_megatron.notices import hide_known_notices
+from chatbaker_megatron.stop_signals import stop_signals_raise
 
 JOB_FILE = "job.json"
 PART_SUFFIXES = (".bin", ".idx", ".meta.json")
@@ -207,9 +208,7 @@ def claim_parts_dir(job: ScaleoutJob) -> None:
         )
         shutil.rmtree(job.parts_dir)
     os.makedirs(job.parts_dir, exist_ok=True)
-    with open(job_file + ".tmp", "w", encoding="utf-8") as f:
-        f.write(job.plan)
-    os.replace(job_file + ".tmp", job_file)
+    replace_file(job_file, job.plan)
 
 
 def remove_parts(job: ScaleoutJob) -> None:
@@ -262,6 +261,7 @@ def merge_parts(job: ScaleoutJob) -> dict:
     return merged
 
 
+# Why not datatrove's own tokenizer steps: docs/data.md, "Beside datatrove's own tokenizers".
 class TokenizeTask(PipelineStep):
     """Task r: `preprocess` of the r-th run of input files into part r."""
 
@@ -280,22 +280,24 @@ class TokenizeTask(PipelineStep):
         job = self.job
         if world_size != job.tasks:
             raise ValueError(f"this job has {job.tasks} tasks, the executor runs {world_size}")
-        stats = preprocess(
-            list(job.task_inputs[rank]),
-            job.tokenizer_dir,
-            job.part_prefix(rank),
-            fmt=job.fmt,
-            json_key=job.json_key,
-            workers=job.encode_workers,
-            chat_template=job.chat_template,
-            seq_length=job.seq_length,
-            on_error=job.on_error,
-            progress=self.progress,
-            progress_label=f"task {rank + 1}/{world_size}",
-            allow_empty=True,
-            encoder=job.encoder,
-            ranges=list(job.task_ranges[rank]),
-        )
+        # Timed: datatrove's stats (--verbose, stats/) then give the task's runtime.
+        with self.track_time():
+            stats = preprocess(
+                list(job.task_inputs[rank]),
+                job.tokenizer_dir,
+                job.part_prefix(rank),
+                fmt=job.fmt,
+                json_key=job.json_key,
+                workers=job.encode_workers,
+                chat_template=job.chat_template,
+                seq_length=job.seq_length,
+                on_error=job.on_error,
+                progress=self.progress,
+                progress_label=f"task {rank + 1}/{world_size}",
+                allow_empty=True,
+                encoder=job.encoder,
+                ranges=list(job.task_ranges[rank]),
+            )
         logger.info(stats.summary())
         self.stat_update("documents", value=stats.docs)
         self.stat_update("tokens", value=stats.tokens)
@@ -317,7 +319,8 @@ class MergeParts(PipelineStep):
         self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1
     ) -> DocumentsPipeline:
         hide_known_notices()
-        meta = merge_parts(self.job)
+        with self.track_time():
+            meta = merge_parts(self.job)
         self.stat_update("documents", value=meta["documents"])
         self.stat_update("tokens", value=meta["tokens"])
         yield from data or ()

@@ -13,12 +13,7 @@ import subprocess
 import sys
 import time
 
-from chatbaker_megatron.config.executor import (
-    EXECUTOR_KINDS,
-    ExecutorConfig,
-    load_executor_config,
-    validate_executor_config,
-)
+from chatbaker_megatron.config.executor import ExecutorConfig, ExecutorKind, load_executor_config
 
 # CLI option dest -> ExecutorConfig key, for the options that set one.
 EXECUTOR_OPTIONS = {
@@ -51,7 +46,7 @@ def add_scaleout_arguments(parser: argparse.ArgumentParser) -> None:
     )
     job.add_argument(
         "--executor",
-        choices=EXECUTOR_KINDS,
+        choices=list(ExecutorKind),
         help="local: processes on this machine (default); slurm: submit a job array with sbatch",
     )
     job.add_argument(
@@ -98,7 +93,7 @@ def executor_config(args: argparse.Namespace) -> ExecutorConfig:
         if getattr(args, dest) is not None
     }
     cfg = dataclasses.replace(cfg, **overrides)
-    validate_executor_config(cfg)
+    cfg.validate()
     return cfg
 
 

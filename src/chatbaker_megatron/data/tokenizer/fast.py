@@ -81,12 +81,13 @@ class HFEncoder:
 
 def _pattern(pre_tokenizer: dict | None) -> str:
     """The tiktoken split regex equal to the pre-tokeniser, or NotExact."""
-    kind = (pre_tokenizer or {}).get("type")
+    spec = pre_tokenizer or {}
+    kind = spec.get("type")
     if kind == "ByteLevel":
-        if pre_tokenizer.get("add_prefix_space") or not pre_tokenizer.get("use_regex", True):
+        if spec.get("add_prefix_space") or not spec.get("use_regex", True):
             raise NotExact("pre-tokenizer ByteLevel with add_prefix_space or without its regex")
         return GPT2_PATTERN
-    steps = pre_tokenizer.get("pretokenizers", []) if kind == "Sequence" else []
+    steps = spec.get("pretokenizers", []) if kind == "Sequence" else []
     if len(steps) == 2 and steps[0].get("type") == "Split" and steps[1].get("type") == "ByteLevel":
         split, level = steps
         pattern = split.get("pattern", {})

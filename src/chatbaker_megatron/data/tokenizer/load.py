@@ -113,11 +113,12 @@ def load_tokenizer(path: str | Path) -> ChatBakerTokenizer:
         )
     backend = Tokenizer.from_file(str(tokenizer_file))
     config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-    tokens = {}
+    tokens: dict[str, str] = {}
     for role in ("bos_token", "eos_token", "pad_token"):
-        tokens[role] = _token_content(config.get(role))
-        if tokens[role] is None:
+        content = _token_content(config.get(role))
+        if content is None:
             raise ValueError(
                 f"{config_file}: no {role}; a ChatBaker tokenizer needs bos, eos and pad tokens"
             )
+        tokens[role] = content
     return ChatBakerTokenizer(backend, path=str(directory), **tokens)

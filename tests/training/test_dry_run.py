@@ -94,22 +94,17 @@ def test_tiny_dry_run_equals_the_real_build():
     overrides = ["model.vocab_size=1000", "cluster.devices_per_node=1", "parallel.dp=null"]
     report = dry_run_json(*overrides)["ranks"][0]["built"]
     code = (
-        "import json, torch, torch.distributed as dist\n"
+        "import json, torch.distributed as dist\n"
         "from torch.testing._internal.distributed.fake_pg import FakeStore\n"
         "from chatbaker_megatron.config.compose import compose\n"
         "from chatbaker_megatron import parallel\n"
         "from chatbaker_megatron.training import dry_run\n"
-        "from chatbaker_megatron.training.engine import build_engine\n"
+        "from chatbaker_megatron.training.engine import build_run_engine\n"
         f"cfg = compose({overrides!r})\n"
         "dist.init_process_group('fake', store=FakeStore(), rank=0, world_size=1)\n"
         "parallel.initialize(cfg.parallel, seed=1)\n"
-        "from chatbaker_megatron.config.schema import train_iters\n"
-        "from chatbaker_megatron.training.trainer import PRECISION_DTYPES\n"
-        "dtype = PRECISION_DTYPES[cfg.cluster.precision]\n"
-        "engine = build_engine(cfg.model, cfg.parallel, cfg.optim, vocab_size=1000,\n"
-        "    max_sequence_length=cfg.train.seq_length, train_iters=train_iters(cfg.train),\n"
-        "    global_batch_size=cfg.train.global_batch_size, params_dtype=dtype)\n"
-        "print(json.dumps(dry_run.held_state(engine, dtype != torch.float32).__dict__))\n"
+        "engine = build_run_engine(cfg, vocab_size=1000, on_gpu=False)\n"
+        "print(json.dumps(dry_run.held_state(engine).__dict__))\n"
     )
     real = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT

@@ -14,16 +14,25 @@ iteration. This mode gives the CPU run two devices again:
   plain `cpu`, `torch.from_numpy`, `.cpu()`) is remembered as a host tensor,
   and so is whatever is computed from host tensors alone; moving it to the
   compute device (`.to(platform.device)`, megatron's `.cuda()`) gives a
-  compute tensor;
+  compute tensor, and moving a compute tensor there gives the tensor itself,
+  as on a GPU;
 - a collective on an accelerator group (every group but the gloo groups
   opened as host groups, see `Platform.host_group` and megatron's own
   `backend="gloo"` groups) refuses a host tensor with NCCL's own error,
   naming the line that created the tensor.
 
-`CHATBAKER_DEVICE_RULES=nccl` turns it on (the test suite sets it for every
-process it starts); it only matters without CUDA, where real NCCL is absent.
-It is installed by `platform.apply_megatron_cpu_compat()`, which every
-process that runs megatron calls first.
+`CHATBAKER_DEVICE_RULES=nccl` turns it on; it only matters without CUDA,
+where real NCCL is absent. The test harness installs it in every process of
+the suite: tests/conftest.py in the pytest process (and sets the variable
+when there is no GPU), tests/support/site/sitecustomize.py in every Python
+interpreter started from it (the forkserver, whose forked workers and
+commands inherit the mode, torchrun ranks, `chatbaker` subprocesses) as it
+imports the platform; only the packaging tests' `python -S` runs, which skip
+site start-up and only print configs, run without it. Production
+knows nothing of it: it gives the platform its compute device
+(`use_cpu_compute_device`), marks megatron's gloo groups in the platform's
+own list of host groups, and its tracking follows megatron's `.cuda()`
+through the CPU compat layer, which moves a tensor to the platform device.
 """
 
 from __future__ import annotations
@@ -39,9 +48,15 @@ import torch
 import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
 
+from chatbaker_megatron.platform.device import (
+    HOST,
+    is_host_group,
+    mark_host_group,
+    use_cpu_compute_device,
+)
+
 ENV = "CHATBAKER_DEVICE_RULES"
 SIMULATED_ACCELERATOR = torch.device("cpu", 0)
-HOST = torch.device("cpu")
 NCCL_ERROR = "No backend type associated with device type cpu"
 
 # Factories whose result lands on the default (host) device unless given one.
@@ -72,23 +87,18 @@ _CONVERTERS = frozenset({torch.tensor, torch.as_tensor})
 # Host storages -> where they were created (storages keep one Python object
 # for their lifetime, so a weak mapping follows every view and `.data` alias).
 _host_storages: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-# Weak: a destroyed group must be freed (each gloo group keeps a polling thread).
-_host_groups: weakref.WeakSet = weakref.WeakSet()
 _installed: list[TorchFunctionMode] = []
 _collective_names: dict[Any, str | None] = {}
 
 
 def enabled() -> bool:
+    """Whether this process asks for the rules (the variable set, no CUDA)."""
     return os.environ.get(ENV) == "nccl" and not torch.cuda.is_available()
 
 
-def mark_host_group(group: Any) -> None:
-    """A gloo group whose collectives move host tensors."""
-    _host_groups.add(group)
-
-
-def is_host_group(group: Any) -> bool:
-    return group in _host_groups
+def installed() -> bool:
+    """Whether the rules are on in this process."""
+    return bool(_installed)
 
 
 def _storage(tensor: torch.Tensor) -> Any:
@@ -124,11 +134,11 @@ def _is_host_device(device: Any) -> bool:
 
 
 def _creation_site() -> str:
-    """The first frame outside torch and this platform package: who created the tensor."""
+    """The first frame outside torch, the platform package and this mode: who created the tensor."""
     frame = sys._getframe(2)
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
-        if not (module.startswith(("torch", "chatbaker_megatron.platform"))):
+        if not module.startswith(("torch", "chatbaker_megatron.platform", __name__)):
             return f"{frame.f_code.co_filename}:{frame.f_lineno} ({module})"
         frame = frame.f_back
     return "<unknown>"
@@ -240,8 +250,16 @@ class DeviceRulesMode(TorchFunctionMode):
 
 
 def _move(func: Any, args: tuple, kwargs: dict, device: Any) -> torch.Tensor:
-    """A copy between host and compute device: on one CPU the storage must differ too."""
+    """A move as on a GPU: a copy between host and compute device (on one CPU the storage
+    must differ too), the tensor itself when it is there already."""
     source = args[0]
+    if device is not HOST and not is_host_tensor(source):
+        # torch copies a "cpu" tensor to "cpu:0"; a GPU tensor moved to its own GPU
+        # is returned as it is (converted, if the call also asks for a dtype).
+        if "device" in kwargs:
+            kwargs = {**kwargs, "device": source.device}
+        else:
+            args = (source, source.device, *args[2:])
     result = func(*args, **kwargs)
     same_storage = _storage(result) is _storage(source) is not None
     if device is HOST:
@@ -252,16 +270,6 @@ def _move(func: Any, args: tuple, kwargs: dict, device: Any) -> torch.Tensor:
     elif same_storage and is_host_tensor(source):
         result = result.clone()
     return result
-
-
-def to_accelerator(tensor: torch.Tensor) -> torch.Tensor:
-    """What `tensor.cuda()` gives in this mode: the same tensor, or a compute copy of a host one."""
-    if not is_host_tensor(tensor):
-        return tensor
-    copy = tensor.clone()
-    # The clone ran through the mode, which tags what is computed from host tensors.
-    _host_storages.pop(_storage(copy), None)
-    return copy
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:
@@ -354,11 +362,17 @@ def _marking_gloo_groups(new_group: Any) -> Any:
 
 
 def install() -> bool:
-    """Turn the rules on in this process (idempotent); False when the mode is off."""
+    """Turn the rules on in this process (idempotent); False when it does not ask for them.
+
+    Before anything computes: the platform's compute device becomes
+    `SIMULATED_ACCELERATOR`, and megatron's "cuda" with it once the CPU
+    compat layer is applied.
+    """
     if not enabled():
         return False
     if _installed:
         return True
+    use_cpu_compute_device(SIMULATED_ACCELERATOR)
     c10d = sys.modules[_C10D]
     dist.new_group = c10d.new_group = _marking_gloo_groups(c10d.new_group)
     mode = DeviceRulesMode()
