@@ -5,7 +5,9 @@ so same filesystem, so the rename is atomic), fsynced, renamed over the
 target, and then the directory is fsynced so the rename itself survives a
 power loss. A reader, or a crash at any moment, sees the old file or the new
 one, never a part of one. Temporary names are `.<name>.tmp`: one writer per
-file at a time (the callers' locks, or rank 0 alone, see to that).
+file at a time (the callers' locks, or rank 0 alone, see to that). Where
+several processes race to create a file once (`create_once`), each writes its
+own `.<name>.<pid>.tmp` and the first hard link wins.
 
 Imports nothing but the standard library: preprocessing (which never imports
 torch or megatron) uses it as well as the checkpoint writer.
@@ -65,6 +67,30 @@ def replacing(path: str) -> Iterator[TextIO]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temp)
         raise
+
+
+def create_once(path: str, text: str) -> bool:
+    """Create `path` holding `text`, unless it exists: False when another writer was first.
+
+    Several processes may race for `path` (the ranks of one job): each writes its
+    own temp file and hard-links it to `path`, which fails if `path` exists. So
+    `path` appears with its whole content or not at all; a reader that sees it
+    never reads it half written (an O_EXCL create would show it empty first).
+    """
+    directory, name = os.path.split(path)
+    temp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    try:
+        with open(temp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(temp, path)
+    except FileExistsError:
+        return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temp)
+    return True
 
 
 def replace_file(path: str, text: str) -> None:

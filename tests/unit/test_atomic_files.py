@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from chatbaker_megatron.atomic_files import publish, replace_file, replacing
+from chatbaker_megatron.atomic_files import create_once, publish, replace_file, replacing
 
 
 def test_replace_file_replaces_and_leaves_only_the_target(tmp_path):
@@ -66,3 +66,21 @@ def test_publish_syncs_every_file_before_the_first_rename_and_the_directory_afte
         ("fsync", tmp_path.name),
     ]
     assert sorted(os.listdir(tmp_path)) == ["out.bin", "out.idx"]
+
+
+def test_create_once_shows_the_file_whole_or_not_at_all(tmp_path, monkeypatch):
+    """The job's fatal error line: a losing rank ends the job as soon as it sees the
+    file, and the launcher reads it at once, so it must never exist half written."""
+    target = tmp_path / "fatal_error.txt"
+    fsync = os.fsync
+
+    def fsync_while_absent(fd):
+        assert not target.exists()  # the content is still on its way to disk
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_while_absent)
+    assert create_once(str(target), "first\n")
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert not create_once(str(target), "second\n")
+    assert target.read_text() == "first\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["fatal_error.txt"]  # no temp left

@@ -15,11 +15,11 @@ Every other exception keeps the default path: a traceback and a restart.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
 
+from chatbaker_megatron.atomic_files import create_once
 from chatbaker_megatron.checkpoint.layout import CheckpointError
 from chatbaker_megatron.config.checks import ConfigError
 from chatbaker_megatron.data.datasets.integrity import DataIntegrityError
@@ -53,14 +53,11 @@ def claim_fatal_error(run_dir: str, message: str) -> bool:
     """Record `message` as the job's fatal error; False when another rank was first.
     (True also when the run dir cannot be written: the line must still be said.)"""
     try:
-        fd = os.open(os.path.join(run_dir, FATAL_ERROR_FILE), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return False
+        # Whole or absent: the launcher reads it as soon as the job dies, which the
+        # losing rank may cause the moment it sees the file.
+        return create_once(os.path.join(run_dir, FATAL_ERROR_FILE), message + "\n")
     except OSError:
         return True
-    with contextlib.suppress(OSError), os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(message + "\n")
-    return True
 
 
 def end_job(run_dir: str, err: BaseException) -> None:
