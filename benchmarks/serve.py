@@ -4,7 +4,7 @@ side by side with one request at a time through the existing Generator, in the s
     .venv/bin/python benchmarks/serve.py [--checkpoint runs/demo/checkpoints] [--requests 32]
                                          [--max-tokens 64] [--clients 1 4 16]
                                          [--peer-url URL [--peer-model M] | --peer-transformers]
-                                         [--rounds N]
+                                         [--rounds N] [--engine process|thread]
 
 The model is the `make demo` checkpoint (exported to a temporary HF folder,
 as the server itself does), or with `--random` a model of the demo's shape
@@ -275,13 +275,16 @@ def wait_for(process: subprocess.Popen, url: str, what: str, within: float = 180
     raise RuntimeError(f"{what} did not answer {url} within {within:.0f} s")
 
 
-def start_server(hf_dir: Path, max_batch: int, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(
+    hf_dir: Path, max_batch: int, threads: int, engine: str
+) -> tuple[subprocess.Popen, str]:
     """`chatbaker serve` on the folder: (its process, its API base …/v1)."""
     port = free_port()
     command = [
         sys.executable, "-m", "chatbaker_megatron.cli", "serve", "--hf", str(hf_dir),
         "--model-name", "bench", "--port", str(port), "--max-batch", str(max_batch),
         "--max-queue", "256", "--repetition-penalty", "1.0", "--threads", str(threads),
+        "--engine", engine,
     ]  # fmt: skip
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wait_for(server, f"http://127.0.0.1:{port}/health", "chatbaker serve")
@@ -378,6 +381,12 @@ def main() -> int:
     )
     parser.add_argument("--peer-model", default=None, help="the peer's model (default: its first)")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds with a peer")
+    parser.add_argument(
+        "--engine",
+        choices=("process", "thread"),
+        default="process",
+        help="the server's --engine: the model in its own process (default) or a thread",
+    )
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f"--rounds={args.rounds}: expected >= 1")
@@ -417,7 +426,7 @@ def main() -> int:
         before, reference = baseline(hf_dir, requests)
         started = []
         try:
-            server, api = start_server(hf_dir, max(args.clients), args.threads)
+            server, api = start_server(hf_dir, max(args.clients), args.threads, args.engine)
             started.append(server)
             if with_peer:
                 if args.peer_transformers:

@@ -2,7 +2,9 @@
 
 `served` (session) is the demo set-up: an API key, the blocklist filter, the
 moderation hook against a local fake of OpenAI's /v1/moderations, and the
-request log. Each server runs uvicorn in a thread on a free loopback port.
+request log, with the engine in its own process as `chatbaker serve` runs it;
+`served_in_thread` is the same with `--engine thread`, for tests that reach
+into the engine. Each server runs uvicorn in a thread on a free loopback port.
 """
 
 from __future__ import annotations
@@ -78,9 +80,7 @@ def served_hf(exported) -> Path:
     return exported("tp1_sft")
 
 
-@pytest.fixture(scope="session")
-def served(served_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("serve")
+def _serve(served_hf: Path, root: Path, *extra: str) -> Iterator[Served]:
     blocklist = root / "blocklist.txt"
     blocklist.write_text(f"# terms the demo refuses\n{BLOCKED_WORD}\n", encoding="utf-8")
     moderated: list[str] = []
@@ -92,6 +92,7 @@ def served(served_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             "--moderation-url", f"{moderation_url}/v1",
             "--request-log", str(root / "requests.jsonl"),
             "--max-batch", "4",
+            *extra,
         )  # fmt: skip
         app = cli.build_app(args)
         with running(app) as base_url:
@@ -106,3 +107,16 @@ def served(served_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 request_log=root / "requests.jsonl",
                 moderated=moderated,
             )
+
+
+@pytest.fixture(scope="session")
+def served(served_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """The server as it is run: its engine in a process of its own."""
+    yield from _serve(served_hf, tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="session")
+def served_in_thread(served_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """The same server with `--engine thread`: for tests that reach into the engine
+    (count its forward passes, inject a fault into its sampling)."""
+    yield from _serve(served_hf, tmp_path_factory.mktemp("serve-thread"), "--engine", "thread")

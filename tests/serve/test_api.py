@@ -129,8 +129,10 @@ def test_stop_strings_cut_the_reply(served, client):
     assert cut.finish_reason == "stop"
 
 
-def test_batched_replies_equal_solo_replies_and_seeds_hold(served, client):
+def test_batched_replies_equal_solo_replies_and_seeds_hold(served_in_thread):
     """Concurrent requests share forward passes, and each gets what it would get alone."""
+    served = served_in_thread
+    client = OpenAI(base_url=f"{served.base_url}/v1", api_key=served.api_key)
     decoder = served.app.state.server.engine.decoder
     batch_sizes: list[int] = []
     step = decoder.step

@@ -1,7 +1,8 @@
 """The chat page at `/` in a real browser: Debian's chromium, driven by selenium.
 
-The page talks to the live test server (`served`, tests/serve/conftest.py: the
-tiny model behind a blocklist filter and an API key). The tests watch what a
+The page talks to the live test server (`served_in_thread`,
+tests/serve/conftest.py: the tiny model behind a blocklist filter and an API
+key, its steps paced as a bigger model's). The tests watch what a
 person would see: the answer growing while it streams (a MutationObserver
 records the answer's length at each DOM update), the filter's refusal as a
 notice, what the page sends (fetch is wrapped to record request bodies), the
@@ -12,6 +13,7 @@ README is taken here: docs/images/serve-chat.png.
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 
 import pytest
@@ -83,6 +85,23 @@ input.dispatchEvent(new KeyboardEvent("keydown", {
   key: "Enter", code: "Enter", keyCode, isComposing: composing, bubbles: true, cancelable: true,
 }));
 """
+
+
+@pytest.fixture(scope="module")
+def served(served_in_thread):
+    """The test server, its engine's steps paced at 20 ms, a 7B model's pace on a GPU: the
+    tiny model's sub-millisecond steps outrun the page, whose answer would arrive whole
+    (a stream that falls behind gets what piled up as one event), never seen growing."""
+    decoder = served_in_thread.app.state.server.engine.decoder
+    step = decoder.step
+
+    def paced(tokens):
+        time.sleep(0.02)
+        return step(tokens)
+
+    decoder.step = paced
+    yield served_in_thread
+    del decoder.step
 
 
 @pytest.fixture(scope="module")

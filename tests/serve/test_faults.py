@@ -14,6 +14,7 @@ import httpx2
 import pytest
 
 from chatbaker_megatron.cli import main as cli_main
+from chatbaker_megatron.inference.backends import HFBackend
 from chatbaker_megatron.inference.sampling import SamplingConfig
 from chatbaker_megatron.serve import cli
 from chatbaker_megatron.serve import engine as engine_module
@@ -65,10 +66,8 @@ def test_a_request_failing_in_admission_prefill_or_sampling_fails_alone(served):
 
 
 def test_the_queue_counts_what_the_engine_holds(served):
-    decoder = served.app.state.server.engine.decoder
-    engine = Engine(
-        decoder.model, served.app.state.server.served.tokenizer, 512, max_batch=2, max_queue=1
-    )
+    backend = HFBackend(served.hf_dir)
+    engine = Engine(backend.model, backend.tokenizer, 512, max_batch=2, max_queue=1)
     jobs = [_good([5, 6, 7], seed) for seed in range(6)]
 
     async def scenario() -> list[str]:
@@ -146,7 +145,8 @@ def _log_lines(served) -> list[dict]:
     return [json.loads(line) for line in served.request_log.read_text("utf-8").splitlines()]
 
 
-def test_request_log_has_cancelled_and_failed_exchanges_as_sent(served, monkeypatch):
+def test_request_log_has_cancelled_and_failed_exchanges_as_sent(served_in_thread, monkeypatch):
+    served = served_in_thread  # the fault is injected into this process's engine
     url = f"{served.base_url}/v1/completions"
     ask = {"model": served.model_id, "max_tokens": 200, "temperature": 0, "stream": True}
     # Cancelled: the client reads a few events and goes away.
@@ -191,7 +191,8 @@ def test_request_log_has_cancelled_and_failed_exchanges_as_sent(served, monkeypa
 
 
 def test_the_first_sigterm_stops_the_server_with_a_stream_in_flight(served):
-    app = cli.build_app(serve_args(served.hf_dir))
+    # In a thread, to slow its steps down (test_engine_process.py stops the process's).
+    app = cli.build_app(serve_args(served.hf_dir, "--engine", "thread"))
     decoder = app.state.server.engine.decoder
     step = decoder.step
 

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -32,19 +31,13 @@ from openai import OpenAI
 from chatbaker_megatron.serve import cli
 from chatbaker_megatron.serve.limits import RateLimit
 from tests.serve.conftest import BLOCKED_WORD, MODEL_ID
-from tests.support.serving import running
+from tests.support.serving import free_port, running
 
 KEY = "upstream-key"
 PROMPT = "안녕하세요"
 QUESTION = "한국어로 대답해 주세요."
 LEAK = f"여기 {BLOCKED_WORD} 있어요"  # what the fake upstream answers to "leak"
 STREAM_GAP = 0.5  # seconds the fake upstream waits between its two stream chunks
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def upstream_args(url: str, *extra: str) -> argparse.Namespace:

@@ -13,6 +13,12 @@ import uvicorn
 from fastapi import FastAPI
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @contextlib.contextmanager
 def running(app: FastAPI, stop_within: float = 30, **config: Any) -> Iterator[str]:
     """Serve `app` on a free loopback port until the block ends; yields its base URL.

@@ -15,6 +15,7 @@ aligns the causal mask to the end (model/dispatch.py).
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,15 +29,17 @@ if TYPE_CHECKING:
 
 
 def cache_keyword(model: torch.nn.Module) -> str:
-    """The keyword the model's forward takes its KV cache by: `cache` (transformers 5.x
-    from 5.2x) or `past_key_values` (earlier). A cache passed under the other name would
-    land in **kwargs and be ignored, and every token would be decoded without context."""
+    """The keyword the model's (or a decoder layer's) forward takes its KV cache by:
+    `cache` (transformers 5.x from 5.2x), `past_key_values` (earlier) or, for a layer of
+    transformers 4.x, `past_key_value`. A cache passed under another name would land in
+    **kwargs and be ignored, and every token would be decoded without context."""
     parameters = inspect.signature(type(model).forward).parameters
-    for name in ("cache", "past_key_values"):
+    for name in ("cache", "past_key_values", "past_key_value"):
         if name in parameters:
             return name
     raise TypeError(
-        f"{type(model).__name__}.forward takes neither `cache` nor `past_key_values`: "
+        f"{type(model).__name__}.forward takes none of `cache`, `past_key_values`, "
+        "`past_key_value`: "
         "this transformers version is not supported"
     )
 
@@ -83,7 +86,22 @@ class MegatronBackend:
         return logits[0, -1, : self.tokenizer.vocab_size]
 
 
-class HFBackend:
+class HFFolder:
+    """An HF model folder's tokenizer, context length and chat template, weights not loaded
+    (what a server's HTTP side needs when the model runs in another process)."""
+
+    def __init__(self, hf_dir: str | Path) -> None:
+        hf_dir = Path(hf_dir).expanduser()
+        config = hf_dir / "config.json"
+        if not config.is_file():
+            raise FileNotFoundError(f"{hf_dir}: no config.json (not a Hugging Face model folder)")
+        self.path = hf_dir
+        self.tokenizer = load_tokenizer(hf_dir)
+        self.max_length = int(json.loads(config.read_text())["max_position_embeddings"])
+        self.template = read_template(hf_dir)
+
+
+class HFBackend(HFFolder):
     """A transformers LlamaForCausalLM folder, with transformers' DynamicCache."""
 
     def __init__(self, hf_dir: str | Path, dtype: torch.dtype | None = None) -> None:
@@ -91,18 +109,14 @@ class HFBackend:
 
         from chatbaker_megatron import platform
 
-        hf_dir = Path(hf_dir).expanduser()
-        if not (hf_dir / "config.json").is_file():
-            raise FileNotFoundError(f"{hf_dir}: no config.json (not a Hugging Face model folder)")
+        super().__init__(hf_dir)
+        hf_dir = self.path
         plat = platform.detect()
         self.device = plat.device
         dtype = dtype or plat.inference_dtype
         model = LlamaForCausalLM.from_pretrained(str(hf_dir), dtype=dtype)
         # transformers' `to` is a functools.wraps wrapper: typeshed's type of it drops the bound self.
         self.model = model.to(self.device).eval()  # type: ignore[arg-type]
-        self.tokenizer = load_tokenizer(hf_dir)
-        self.max_length = int(self.model.config.max_position_embeddings)
-        self.template = read_template(hf_dir)
         self._cache: DynamicCache | None = None
         self._cache_keyword = cache_keyword(self.model)
 

@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     backend = load_backend(args)
     session = ChatSession(
         Generator(backend),
-        chat_template(args, backend),
+        chat_template(args, backend.template),
         sampling,
         system=args.system,
         input_filter=input_filter,

@@ -43,12 +43,12 @@ def add_template_arguments(parser: argparse.ArgumentParser) -> None:
 DEFAULT_TEMPLATE = "chatbaker"
 
 
-def chat_template(args: argparse.Namespace, backend: Backend) -> ChatTemplate:
+def chat_template(args: argparse.Namespace, fine_tuned: ChatTemplate | None) -> ChatTemplate:
     """--template, else the template the model was fine-tuned with, else the default (noted)."""
     if args.template:
         return load_template(args.template)
-    if backend.template is not None:
-        return backend.template
+    if fine_tuned is not None:
+        return fine_tuned
     print(
         f"note: the model names no chat template (not an SFT model?); using {DEFAULT_TEMPLATE!r}",
         file=sys.stderr,

@@ -2,6 +2,7 @@
 
 batching.py      one forward for many sequences over a left-padded KV cache
 engine.py        the scheduler thread: rows join and leave between steps, bounded queue
+engine_process.py the engine in a process of its own, behind the engine's interface
 schemas.py       the OpenAI request bodies (pydantic): strict types, unimplemented fields refused
 errors.py        OpenAI's error body; validation errors as 400s naming the field
 limits.py        the body size limit (413) and the prompt-length bound before tokenising

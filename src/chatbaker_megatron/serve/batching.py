@@ -3,12 +3,13 @@
 Rows join and leave between steps (continuous batching). The sequences that
 join at a step are prefilled together (left-padded to the longest, each with
 its own positions and a causal mask hiding its padding), then their cache is
-left-padded (or the batch's is) to a common length and stacked onto the batch; a leaving row is dropped with the
-columns no remaining row needs. Each row carries its true positions and an
-attention mask that hides its padding, so a row's logits are those of the
-sequence decoded alone (tested against the one-at-a-time Generator). A step
-where no row has padding (one request alone, or rows of one length) passes
-no mask: transformers' own causal path, as the Generator's.
+left-padded (or the batch's is) to a common length and stacked onto the
+batch; a leaving row is dropped with the columns no remaining row needs. Each
+row carries its true positions and an attention mask that hides its padding,
+so a row's logits are those of the sequence decoded alone (tested against the
+one-at-a-time Generator). A prefill always gets its causal mask; a decoding
+step where no row has padding (one request alone, or rows of one length)
+needs none: its one query sees every cached column.
 
 Everything runs under torch.inference_mode: no autograd bookkeeping on any
 tensor, which trims the per-operator cost that dominates a small model's
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from chatbaker_megatron.inference.backends import cache_keyword
 
 if TYPE_CHECKING:  # imported when a decoder is built (transformers takes seconds to import)
-    from transformers import DynamicCache
+    from transformers import DynamicCache, LlamaForCausalLM
 
 
 def _to(mask: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
@@ -40,7 +41,7 @@ def _left_pad(tensor: torch.Tensor, columns: int) -> torch.Tensor:
 class BatchedDecoder:
     """The KV cache of the running rows and their decoding step."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: LlamaForCausalLM) -> None:
         self.model = model
         self.device = next(model.parameters()).device
         # transformers' DynamicCache of the rows, grown in place by each step; rebuilt
@@ -48,7 +49,7 @@ class BatchedDecoder:
         self.cache: DynamicCache | None = None
         self.pad: list[int] = []  # leading padding columns of each row
         self.lengths: list[int] = []  # real tokens cached for each row (= its next position)
-        self.cache_keyword = cache_keyword(model)
+        self.layer_cache_keyword = cache_keyword(model.model.layers[0])
 
     @property
     def rows(self) -> int:
@@ -74,15 +75,27 @@ class BatchedDecoder:
         cache,
         keep: int = 1,
     ) -> torch.Tensor:
-        """Logits [rows, keep, vocab] of the last `keep` positions (0: all)."""
-        out = self.model(
-            input_ids=tokens,
-            position_ids=positions,
-            attention_mask=mask,
-            logits_to_keep=keep,
-            **{self.cache_keyword: cache},
-        )
-        return out.logits
+        """Logits [rows, keep, vocab] of the last `keep` positions (0: all).
+
+        transformers' own modules in the order LlamaForCausalLM.forward runs them
+        (embedding, rotary, decoder layers, norm, head), called directly: its decorators
+        (keyword deprecation, config defaults, output capture) and its mask building
+        cost 13% of a small model's decode step, and the mask is built here anyway.
+        Tested against the model's own forward (tests/serve/test_batching.py).
+        """
+        body = self.model.model
+        hidden = body.embed_tokens(tokens)
+        rotary = body.rotary_emb(hidden, position_ids=positions)
+        for layer in body.layers:
+            hidden = layer(
+                hidden,
+                attention_mask=mask,
+                position_ids=positions,
+                position_embeddings=rotary,
+                use_cache=True,
+                **{self.layer_cache_keyword: cache},
+            )
+        return self.model.lm_head(body.norm(hidden[:, -keep:] if keep else hidden))
 
     @torch.inference_mode()
     def add(self, prompts: list[list[int]], *, every_position: bool = False) -> torch.Tensor:
@@ -97,8 +110,8 @@ class BatchedDecoder:
         tokens = torch.tensor([[0] * pad + prompt for pad, prompt in zip(pads, prompts)])
         pad = torch.tensor(pads)[:, None]
         positions = (torch.arange(width)[None] - pad).clamp(min=0)
-        mask = None  # one prompt, or prompts of one length: transformers' causal mask
-        if any(pads):
+        mask = None  # one token: it sees itself
+        if width > 1:  # given whole: the decoder layers take no mask of their own
             query = torch.arange(width)
             causal = query[None, :] <= query[:, None]  # [query, key]
             own = query >= pad[:, :, None]  # [rows, 1, key]: not the row's padding

@@ -3,7 +3,8 @@
 The model runs in transformers (the batched engine needs a per-row padded KV
 cache, which megatron's static inference context does not offer), so
 --checkpoint is first exported to a temporary HF folder with export-hf's
-code; --hf is loaded as it is. The sampling options are the defaults for
+code; --hf is loaded as it is. The model runs in a process of its own
+(serve/engine_process.py; `--engine thread` keeps it in this one). The sampling options are the defaults for
 the fields a request leaves out; as in OpenAI's API, no repetition penalty
 unless --repetition-penalty (or a request's `repetition_penalty`) asks for one.
 
@@ -15,15 +16,17 @@ serve/upstream.py; the model options then do not apply.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypedDict
 
 import torch
 from fastapi import FastAPI
 
-from chatbaker_megatron.inference.backends import HFBackend
+from chatbaker_megatron.inference.backends import HFBackend, HFFolder
 from chatbaker_megatron.inference.chat_cli import turn_stops
 from chatbaker_megatron.inference.filters import InputFilter, load_filter
 from chatbaker_megatron.inference.options import (
@@ -34,7 +37,8 @@ from chatbaker_megatron.inference.options import (
     sampling_config,
 )
 from chatbaker_megatron.serve.app import create_app
-from chatbaker_megatron.serve.engine import Engine
+from chatbaker_megatron.serve.engine import Engine, RequestEngine, check_limits
+from chatbaker_megatron.serve.engine_process import EngineProcess, EngineSettings
 from chatbaker_megatron.serve.limits import (
     DEFAULT_MAX_BODY_BYTES,
     RateLimit,
@@ -102,6 +106,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-batch", type=int, default=16, help="requests decoded together")
     parser.add_argument(
+        "--engine",
+        choices=("process", "thread"),
+        default="process",
+        help="where the model runs: its own process (default: the HTTP side never takes its "
+        "GIL) or a thread of the server's (one process, e.g. to profile or debug)",
+    )
+    parser.add_argument(
         "--max-queue", type=int, default=64, help="requests waiting for a row; more get 429"
     )
     parser.add_argument(
@@ -136,13 +147,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_sampling_arguments(parser, max_new_tokens=256, repetition_penalty=1.0)
 
 
-def _load_model(args: argparse.Namespace) -> tuple[HFBackend, str]:
+@contextlib.contextmanager
+def _model_folder(args: argparse.Namespace) -> Iterator[tuple[Path, str]]:
+    """The HF folder to serve and the model's name; --checkpoint is exported to a
+    temporary folder, which lasts until the model is loaded from it."""
     if args.hf:
         if args.tokenizer:
             raise ValueError(
                 "--tokenizer goes with --checkpoint; an HF folder has its own tokenizer"
             )
-        return HFBackend(args.hf), Path(args.hf).resolve().name
+        yield Path(args.hf), Path(args.hf).resolve().name
+        return
     from chatbaker_megatron.checkpoint.reader import MegatronCheckpoint
     from chatbaker_megatron.convert.export_hf import export_hf
 
@@ -150,7 +165,26 @@ def _load_model(args: argparse.Namespace) -> tuple[HFBackend, str]:
     name = str(source.config.get("name") or source.path.parent.name)
     with tempfile.TemporaryDirectory(prefix="chatbaker-serve-") as tmp:
         export_hf(source.path, Path(tmp) / "hf", tokenizer_dir=args.tokenizer, progress=False)
-        return HFBackend(Path(tmp) / "hf"), name
+        yield Path(tmp) / "hf", name
+
+
+def _start_engine(args: argparse.Namespace, hf_dir: Path) -> tuple[RequestEngine, HFFolder]:
+    """The engine (its own process unless --engine thread) and the folder's tokenizer,
+    context length and template."""
+    check_limits(args.max_batch, args.max_queue)
+    if args.engine == "thread":
+        backend = HFBackend(hf_dir)
+        engine = Engine(
+            backend.model,
+            backend.tokenizer,
+            backend.max_length,
+            max_batch=args.max_batch,
+            max_queue=args.max_queue,
+        )
+        return engine, backend
+    folder = HFFolder(hf_dir)
+    settings = EngineSettings(hf_dir, args.max_batch, args.max_queue, args.threads)
+    return EngineProcess(settings), folder
 
 
 class _SharedOptions(TypedDict):
@@ -187,25 +221,19 @@ def build_app(args: argparse.Namespace) -> FastAPI:
         return create_app(server, max_body_bytes=args.max_body_bytes)
     if args.moderate_output:
         raise ValueError("--moderate-output: only with --upstream")
-    backend, name = _load_model(args)
-    template = chat_template(args, backend)
-    stop_ids, stop_strings = turn_stops(template, backend.tokenizer)
-    engine = Engine(
-        backend.model,
-        backend.tokenizer,
-        backend.max_length,
-        max_batch=args.max_batch,
-        max_queue=args.max_queue,
-    )
+    with _model_folder(args) as (hf_dir, name):
+        engine, folder = _start_engine(args, hf_dir)
+    template = chat_template(args, folder.template)
+    stop_ids, stop_strings = turn_stops(template, folder.tokenizer)
     served = ServedModel(
         model_id=args.model_name or name,
-        tokenizer=backend.tokenizer,
+        tokenizer=folder.tokenizer,
         template=template,
-        max_length=backend.max_length,
+        max_length=folder.max_length,
         defaults=defaults,
         turn_stop_ids=stop_ids,
         turn_stop_strings=stop_strings,
-        longest_token_bytes=longest_token_bytes(backend.tokenizer),
+        longest_token_bytes=longest_token_bytes(folder.tokenizer),
         system=args.system,
     )
     server = Server(engine, served.model_id, served, **shared)

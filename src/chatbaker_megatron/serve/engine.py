@@ -28,6 +28,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -37,11 +38,25 @@ from chatbaker_megatron.inference.sampling import SamplingConfig, next_tokens
 from chatbaker_megatron.serve.batching import BatchedDecoder
 from chatbaker_megatron.serve.logprobs import TokenLogprob, scored
 
+if TYPE_CHECKING:  # imported when the model is loaded (transformers takes seconds to import)
+    from transformers import LlamaForCausalLM
+
 log = logging.getLogger(__name__)
 
 
 class QueueFull(RuntimeError):
     pass
+
+
+class EngineGone(RuntimeError):
+    """The engine is not running (its process failed or was stopped)."""
+
+
+def check_limits(max_batch: int, max_queue: int) -> None:
+    if max_batch < 1 or max_queue < 0:
+        raise ValueError(
+            f"--max-batch={max_batch}, --max-queue={max_queue}: expected >= 1 and >= 0"
+        )
 
 
 @dataclass(frozen=True)
@@ -90,10 +105,55 @@ class GenerationRequest:
                 return
 
 
-def _put_all(deliveries: list[tuple[GenerationRequest, str | Finished]]) -> None:
+Delivery = list[tuple[GenerationRequest, str | Finished]]
+
+
+def _put_all(deliveries: Delivery) -> None:
     for request, event in deliveries:
-        assert request.events is not None  # _post queues only requests that have a queue
+        assert request.events is not None  # to_event_loops hands over only queued requests
         request.events.put_nowait(event)
+
+
+def to_event_loops(deliveries: Delivery) -> None:
+    """Hand a step's pieces and ends to the requests' event loops: one wake-up per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, Delivery] = {}
+    for request, event in deliveries:
+        if request.loop is not None and request.events is not None:
+            by_loop.setdefault(request.loop, []).append((request, event))
+    for loop, queued in by_loop.items():
+        # RuntimeError: the event loop closed (the server is shutting down).
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_put_all, queued)
+
+
+def freeze_long_lived() -> None:
+    """Move everything loaded by now out of the cyclic collector's reach.
+
+    What a server process holds at start (torch, transformers, the model, the app:
+    ~0.5 M objects) lives as long as it does. The collector's full collections (due
+    each time a quarter as many objects again have outlived two younger collections)
+    would otherwise walk all of it: ~300 ms with the demo model loaded, every stream
+    stalled.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+class RequestEngine(Protocol):
+    """What the routes use of an engine: this thread's `Engine`, or `EngineProcess`."""
+
+    max_batch: int
+    max_queue: int
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def submit(self, *requests: GenerationRequest) -> None: ...
+
+    def cancel(self, request: GenerationRequest) -> None: ...
+
+    def state(self) -> dict[str, int]: ...
 
 
 class _Row:
@@ -144,17 +204,17 @@ class Engine:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: LlamaForCausalLM,
         tokenizer: ChatBakerTokenizer,
         max_length: int,
         *,
         max_batch: int = 16,
         max_queue: int = 64,
+        deliver: Callable[[Delivery], None] = to_event_loops,
     ) -> None:
-        if max_batch < 1 or max_queue < 0:
-            raise ValueError(
-                f"--max-batch={max_batch}, --max-queue={max_queue}: expected >= 1 and >= 0"
-            )
+        """`deliver` takes each step's pieces and ends, in the engine thread: by default
+        to the requests' event loops (engine_process.py sends them to another process)."""
+        check_limits(max_batch, max_queue)
         self.decoder = BatchedDecoder(model)
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -167,17 +227,12 @@ class Engine:
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="serve-engine", daemon=True)
         # What the requests are to hear of this step, handed over together by _flush.
-        self._outbox: list[tuple[GenerationRequest, str | Finished]] = []
+        self._outbox: Delivery = []
+        self._deliver = deliver
         self.counts = {"completed": 0, "cancelled": 0, "failed": 0, "generated_tokens": 0}
 
     def start(self) -> None:
-        # Everything loaded by now (torch, transformers, the model, the app: ~0.5 M
-        # objects) lives as long as the server: freeze it out of the cyclic collector.
-        # Its full collections (due each time a quarter as many objects again have
-        # outlived two younger collections) would otherwise walk all of it: ~300 ms
-        # with the demo model loaded, every stream stalled.
-        gc.collect()
-        gc.freeze()
+        freeze_long_lived()
         self._thread.start()
 
     def stop(self) -> None:
@@ -230,20 +285,13 @@ class Engine:
         self._post(request, finish)
 
     def _post(self, request: GenerationRequest, event: str | Finished) -> None:
-        if request.loop is not None and request.events is not None:
-            self._outbox.append((request, event))
+        self._outbox.append((request, event))
 
     def _flush(self) -> None:
-        """Hand the step's pieces and ends to their event loops: one wake-up per loop per step."""
-        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-        for request, event in self._outbox:
-            assert request.loop is not None  # _post queues only requests that have a loop
-            by_loop.setdefault(request.loop, []).append((request, event))
-        self._outbox = []
-        for loop, deliveries in by_loop.items():
-            # RuntimeError: the event loop closed (the server is shutting down).
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_put_all, deliveries)
+        """Hand the step's pieces and ends over, all at once."""
+        if self._outbox:
+            outbox, self._outbox = self._outbox, []
+            self._deliver(outbox)
 
     def _drop(self, indices: list[int]) -> None:
         self.decoder.remove(indices)

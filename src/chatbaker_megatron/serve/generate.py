@@ -21,7 +21,13 @@ from starlette.concurrency import run_in_threadpool
 from chatbaker_megatron.data.preprocess.sft_tokenize import encode_prompt
 from chatbaker_megatron.data.templates import Message
 from chatbaker_megatron.inference.sampling import SamplingConfig
-from chatbaker_megatron.serve.engine import Engine, Finished, GenerationRequest, QueueFull
+from chatbaker_megatron.serve.engine import (
+    EngineGone,
+    Finished,
+    GenerationRequest,
+    QueueFull,
+    RequestEngine,
+)
 from chatbaker_megatron.serve.errors import APIError
 from chatbaker_megatron.serve.logprobs import TokenLogprob, chat_logprobs, completion_logprobs
 from chatbaker_megatron.serve.request_log import Exchange, one_or_all
@@ -110,7 +116,9 @@ def check_chars(served: ServedModel, texts: list[str], param: str) -> None:
         raise _too_long(served, chars, param, "characters")
 
 
-def _submit(engine: Engine, served: ServedModel, jobs: list[GenerationRequest], param: str) -> None:
+def _submit(
+    engine: RequestEngine, served: ServedModel, jobs: list[GenerationRequest], param: str
+) -> None:
     loop = asyncio.get_running_loop()
     for job in jobs:
         if len(job.prompt_ids) >= served.max_length:
@@ -125,9 +133,11 @@ def _submit(engine: Engine, served: ServedModel, jobs: list[GenerationRequest], 
             type="rate_limit_error",
             code="rate_limit_exceeded",
         ) from None
+    except EngineGone as err:
+        raise APIError(503, f"the model is not running: {err}", type="server_error") from None
 
 
-async def _settle(engine: Engine, jobs: list[GenerationRequest]) -> None:
+async def _settle(engine: RequestEngine, jobs: list[GenerationRequest]) -> None:
     """Wait for every job to end; 500 with the first failure's own error."""
 
     async def drain(job: GenerationRequest) -> None:
@@ -149,7 +159,7 @@ async def _settle(engine: Engine, jobs: list[GenerationRequest]) -> None:
 
 
 async def _replies(
-    engine: Engine, jobs: list[GenerationRequest], exchange: Exchange, trim: bool
+    engine: RequestEngine, jobs: list[GenerationRequest], exchange: Exchange, trim: bool
 ) -> list[str]:
     """Every job's whole reply, logged however it ends; `trim`: a chat reply's leading space."""
     replies: list[str] = []
@@ -162,7 +172,7 @@ async def _replies(
 
 
 def _stream(
-    engine: Engine,
+    engine: RequestEngine,
     jobs: list[GenerationRequest],
     chunk: Callable[[str | None, str | None], dict[str, Any]],
     body: SamplingFields,
@@ -206,7 +216,7 @@ def _stream(
 
 
 async def chat(
-    engine: Engine,
+    engine: RequestEngine,
     served: ServedModel,
     body: ChatCompletionRequest,
     exchange: Exchange,
@@ -287,7 +297,7 @@ async def _prompt_ids(served: ServedModel, prompt: str | list[int], index: int) 
 
 
 async def complete(
-    engine: Engine, served: ServedModel, body: CompletionRequest, exchange: Exchange
+    engine: RequestEngine, served: ServedModel, body: CompletionRequest, exchange: Exchange
 ) -> dict[str, Any] | StreamingResponse:
     """The reply to a checked, screened completion request: one choice per prompt and sample."""
     prompts = body.prompts_given()

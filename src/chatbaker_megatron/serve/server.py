@@ -17,7 +17,7 @@ from fastapi import Depends, Request
 from chatbaker_megatron.data.templates import ChatTemplate
 from chatbaker_megatron.data.tokenizer.load import ChatBakerTokenizer
 from chatbaker_megatron.inference.sampling import SamplingConfig
-from chatbaker_megatron.serve.engine import Engine
+from chatbaker_megatron.serve.engine import RequestEngine
 from chatbaker_megatron.serve.errors import APIError
 from chatbaker_megatron.serve.limits import RateLimit
 from chatbaker_megatron.serve.request_log import Exchange, RequestLog
@@ -50,7 +50,7 @@ class Server:
     `rate_limit`: per API key (per client address on an open server).
     `moderate_output`: the filters also screen the upstream's replies."""
 
-    engine: Engine | Upstream
+    engine: RequestEngine | Upstream
     model_id: str
     served: ServedModel | None = None
     api_keys: tuple[str, ...] = ()
@@ -63,7 +63,7 @@ class Server:
     def __post_init__(self) -> None:
         upstream = isinstance(self.engine, Upstream)
         if upstream == (self.served is not None):
-            raise TypeError("Server: an Engine goes with a ServedModel, an Upstream with none")
+            raise TypeError("Server: an engine goes with a ServedModel, an Upstream with none")
         if self.moderate_output and not upstream:
             raise ValueError("--moderate-output: only with --upstream")
 
