@@ -1,12 +1,12 @@
 """The KV cache goes to the model under the keyword its forward takes, on any transformers.
 
-transformers renamed `past_key_values` to `cache`; a cache passed under the other name lands
-in **kwargs unused, and every token is decoded without its context. Both spellings are pinned
-here with models that take one or the other, through the batched engine's decoder."""
+transformers renamed `past_key_values` to `cache` (and its decoder layers took
+`past_key_value` in 4.x); a cache passed under another name lands in **kwargs
+unused, and every token is decoded without its context. Each spelling is pinned
+here with decoder layers that take one of them, through the batched engine's
+decoder, which calls the model's layers in turn."""
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,52 +14,83 @@ import torch
 from chatbaker_megatron.inference.backends import cache_keyword
 from chatbaker_megatron.serve.batching import BatchedDecoder
 
-VOCAB = 7
+VOCAB, HIDDEN = 7, 4
 
 
 class _Recorder(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(1))
         self.calls: list[dict] = []
-
-    def _logits(self, input_ids: torch.Tensor, kwargs: dict) -> SimpleNamespace:
-        self.calls.append(kwargs)
-        return SimpleNamespace(logits=torch.zeros(*input_ids.shape, VOCAB))
 
 
 class NewSpelling(_Recorder):
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
-                logits_to_keep=0, **kwargs):  # fmt: skip
-        return self._logits(input_ids, {"cache": cache, **kwargs})
+    def forward(self, hidden_states, attention_mask=None, position_ids=None, cache=None,
+                use_cache=False, position_embeddings=None, **kwargs):  # fmt: skip
+        self.calls.append({"cache": cache, **kwargs})
+        return hidden_states
 
 
 class OldSpelling(_Recorder):
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None,
-                past_key_values=None, logits_to_keep=0, **kwargs):  # fmt: skip
-        return self._logits(input_ids, {"past_key_values": past_key_values, **kwargs})
+    def forward(self, hidden_states, attention_mask=None, position_ids=None,
+                past_key_values=None, use_cache=False, position_embeddings=None,
+                **kwargs):  # fmt: skip
+        self.calls.append({"past_key_values": past_key_values, **kwargs})
+        return hidden_states
+
+
+class OlderSpelling(_Recorder):
+    def forward(self, hidden_states, attention_mask=None, position_ids=None,
+                past_key_value=None, use_cache=False, position_embeddings=None,
+                **kwargs):  # fmt: skip
+        self.calls.append({"past_key_value": past_key_value, **kwargs})
+        return hidden_states
+
+
+class _Rotary(torch.nn.Module):
+    def forward(self, hidden: torch.Tensor, position_ids: torch.Tensor):
+        return hidden, hidden
+
+
+class _Body(torch.nn.Module):
+    def __init__(self, layer: torch.nn.Module) -> None:
+        super().__init__()
+        self.embed_tokens = torch.nn.Embedding(VOCAB, HIDDEN)
+        self.rotary_emb = _Rotary()
+        self.layers = torch.nn.ModuleList([layer])
+        self.norm = torch.nn.Identity()
+
+
+class _CausalLM(torch.nn.Module):
+    """The parts of LlamaForCausalLM the decoder calls, around one recording layer."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = _Body(layer)
+        self.lm_head = torch.nn.Linear(HIDDEN, VOCAB)
 
 
 @pytest.mark.parametrize(
-    ("model", "keyword"), [(NewSpelling, "cache"), (OldSpelling, "past_key_values")]
+    ("layer", "keyword"),
+    [(NewSpelling, "cache"), (OldSpelling, "past_key_values"), (OlderSpelling, "past_key_value")],
 )
-def test_the_cache_goes_under_the_keyword_the_model_takes(model, keyword):
-    module = model()
-    assert cache_keyword(module) == keyword
-    decoder = BatchedDecoder(module)
+def test_the_cache_goes_under_the_keyword_the_layer_takes(layer, keyword):
+    recorder = layer()
+    assert cache_keyword(recorder) == keyword
+    decoder = BatchedDecoder(_CausalLM(recorder))
     decoder.add([[1, 2, 3]])
-    (call,) = module.calls
+    (call,) = recorder.calls
     assert call[keyword] is not None, "the cache was not passed"
     assert set(call) == {keyword}, f"something landed in **kwargs: {sorted(call)}"
 
 
-def test_installed_transformers_llama_takes_one_of_them():
+def test_installed_transformers_llama_and_its_layers_take_one_of_them():
     import inspect
 
-    from transformers import LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaForCausalLM
 
-    parameters = inspect.signature(LlamaForCausalLM.forward).parameters
-    assert cache_keyword(LlamaForCausalLM.__new__(LlamaForCausalLM)) in parameters
+    for module in (LlamaForCausalLM, LlamaDecoderLayer):
+        parameters = inspect.signature(module.forward).parameters
+        assert cache_keyword(module.__new__(module)) in parameters
 
 
 def test_a_model_taking_neither_is_refused():
@@ -67,5 +98,5 @@ def test_a_model_taking_neither_is_refused():
         def forward(self, input_ids=None, **kwargs):
             return input_ids
 
-    with pytest.raises(TypeError, match="neither `cache` nor `past_key_values`"):
+    with pytest.raises(TypeError, match="takes none of `cache`, `past_key_values`"):
         cache_keyword(Neither())

@@ -19,8 +19,8 @@ import pytest
 
 from chatbaker_megatron.inference.sampling import SamplingConfig
 from chatbaker_megatron.serve import cli
-from chatbaker_megatron.serve.engine import EngineGone, GenerationRequest
-from chatbaker_megatron.serve.engine_process import EngineProcess, EngineSettings
+from chatbaker_megatron.serve.engine import EngineGone, EngineSettings, GenerationRequest
+from chatbaker_megatron.serve.engine_process import EngineProcess
 from tests.serve.conftest import API_KEY, serve_args
 from tests.support.serving import free_port, running
 

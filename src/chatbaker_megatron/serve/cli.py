@@ -26,7 +26,7 @@ from typing import TypedDict
 import torch
 from fastapi import FastAPI
 
-from chatbaker_megatron.inference.backends import HFBackend, HFFolder
+from chatbaker_megatron.inference.backends import HFFolder
 from chatbaker_megatron.inference.chat_cli import turn_stops
 from chatbaker_megatron.inference.filters import InputFilter, load_filter
 from chatbaker_megatron.inference.options import (
@@ -37,8 +37,13 @@ from chatbaker_megatron.inference.options import (
     sampling_config,
 )
 from chatbaker_megatron.serve.app import create_app
-from chatbaker_megatron.serve.engine import Engine, RequestEngine, check_limits
-from chatbaker_megatron.serve.engine_process import EngineProcess, EngineSettings
+from chatbaker_megatron.serve.engine import (
+    EngineSettings,
+    RequestEngine,
+    check_limits,
+    load_engine,
+)
+from chatbaker_megatron.serve.engine_process import EngineProcess
 from chatbaker_megatron.serve.limits import (
     DEFAULT_MAX_BODY_BYTES,
     RateLimit,
@@ -172,19 +177,10 @@ def _start_engine(args: argparse.Namespace, hf_dir: Path) -> tuple[RequestEngine
     """The engine (its own process unless --engine thread) and the folder's tokenizer,
     context length and template."""
     check_limits(args.max_batch, args.max_queue)
-    if args.engine == "thread":
-        backend = HFBackend(hf_dir)
-        engine = Engine(
-            backend.model,
-            backend.tokenizer,
-            backend.max_length,
-            max_batch=args.max_batch,
-            max_queue=args.max_queue,
-        )
-        return engine, backend
-    folder = HFFolder(hf_dir)
     settings = EngineSettings(hf_dir, args.max_batch, args.max_queue, args.threads)
-    return EngineProcess(settings), folder
+    if args.engine == "thread":
+        return load_engine(settings)
+    return EngineProcess(settings), HFFolder(hf_dir)
 
 
 class _SharedOptions(TypedDict):

@@ -28,11 +28,13 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from chatbaker_megatron.data.tokenizer.load import ChatBakerTokenizer
+from chatbaker_megatron.inference.backends import HFBackend
 from chatbaker_megatron.inference.generator import TextStream
 from chatbaker_megatron.inference.sampling import SamplingConfig, next_tokens
 from chatbaker_megatron.serve.batching import BatchedDecoder
@@ -124,6 +126,32 @@ def to_event_loops(deliveries: Delivery) -> None:
         # RuntimeError: the event loop closed (the server is shutting down).
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(_put_all, queued)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What an engine is built from: the HF folder and the engine's limits."""
+
+    hf_dir: Path
+    max_batch: int
+    max_queue: int
+    threads: int | None = None  # torch intra-op threads (engine_process.py sets them)
+
+
+def load_engine(
+    settings: EngineSettings, deliver: Callable[[Delivery], None] = to_event_loops
+) -> tuple[Engine, HFBackend]:
+    """The folder's model, loaded in this process, and the engine that runs it."""
+    backend = HFBackend(settings.hf_dir)
+    engine = Engine(
+        backend.model,
+        backend.tokenizer,
+        backend.max_length,
+        max_batch=settings.max_batch,
+        max_queue=settings.max_queue,
+        deliver=deliver,
+    )
+    return engine, backend
 
 
 def freeze_long_lived() -> None:

@@ -8,7 +8,7 @@ model, the scheduler, sampling, detokenising and stop strings); this process
 keeps the routes and talks to it over two pipes:
 
     to the child:   ("submit", [job, ...]) | ("cancel", id) | ("stop",)
-    from the child: ("ready", pid) | ("failed", message) once at start-up, then
+    from the child: ("ready",) | ("failed", message) once at start-up, then
                     ("events", [(id, text, finish, new tokens, new logprobs,
                     prompt scores), ...], state) after every step that has any
 
@@ -25,22 +25,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import os
 import signal
 import threading
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 from chatbaker_megatron.serve.engine import (
     Delivery,
     Engine,
     EngineGone,
+    EngineSettings,
     Finished,
     GenerationRequest,
     QueueFull,
     freeze_long_lived,
+    load_engine,
     to_event_loops,
 )
 
@@ -50,26 +49,16 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT = 30.0
 
 
-@dataclass(frozen=True)
-class EngineSettings:
-    """What the child needs to build its engine: the HF folder and the engine's limits."""
-
-    hf_dir: Path
-    max_batch: int
-    max_queue: int
-    threads: int | None = None
-
-
-def _job(request_id: int, request: GenerationRequest) -> tuple:
-    return (
-        request_id,
-        request.prompt_ids,
-        request.sampling,
-        request.stop_ids,
-        request.stop_strings,
-        request.logprobs,
-        request.prompt_logprobs,
-    )
+def _job(request_id: int, request: GenerationRequest) -> tuple[int, dict[str, Any]]:
+    """What the child needs of a request: its id here, and what to generate."""
+    return request_id, {
+        "prompt_ids": request.prompt_ids,
+        "sampling": request.sampling,
+        "stop_ids": request.stop_ids,
+        "stop_strings": request.stop_strings,
+        "logprobs": request.logprobs,
+        "prompt_logprobs": request.prompt_logprobs,
+    }
 
 
 class _Outbox:
@@ -115,27 +104,17 @@ def _child(settings: EngineSettings, inbox: Connection, out: Connection) -> None
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     import torch
 
-    from chatbaker_megatron.inference.backends import HFBackend
-
     try:
         if settings.threads is not None:
             torch.set_num_threads(settings.threads)
-        backend = HFBackend(settings.hf_dir)
         outbox = _Outbox(out)
-        engine = Engine(
-            backend.model,
-            backend.tokenizer,
-            backend.max_length,
-            max_batch=settings.max_batch,
-            max_queue=settings.max_queue,
-            deliver=outbox,
-        )
+        engine, _ = load_engine(settings, outbox)
     except Exception as err:  # the parent says it in one line and exits
         out.send(("failed", f"{type(err).__name__}: {err}"))
         return
     outbox.engine = engine
     engine.start()
-    out.send(("ready", os.getpid()))
+    out.send(("ready",))
     requests: dict[int, GenerationRequest] = {}
     try:
         while True:
@@ -148,8 +127,8 @@ def _child(settings: EngineSettings, inbox: Connection, out: Connection) -> None
                     engine.cancel(request)
                 continue
             jobs = []
-            for request_id, *fields in message[1]:
-                request = GenerationRequest(*fields)
+            for request_id, fields in message[1]:
+                request = GenerationRequest(**fields)
                 outbox.ids[id(request)] = request_id
                 requests[request_id] = request
                 jobs.append(request)
