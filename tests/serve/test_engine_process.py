@@ -116,6 +116,7 @@ def test_a_killed_engine_fails_its_requests_and_the_server_answers_503(served):
             events = [line for line in streamed.result(timeout=60) if line]
         assert "the engine process ended (exit code -9)" in events[-2], events
         assert events[-1] == "data: [DONE]"
+        assert engine.state()["failed"] == 1 and engine.state()["running"] == 0
         again = httpx2.post(f"{base_url}/v1/completions", json={**body, "stream": False})
         assert again.status_code == 503 and "the model is not running" in again.text
         assert httpx2.get(f"{base_url}/health").status_code == 200  # still serving

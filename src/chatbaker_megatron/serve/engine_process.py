@@ -288,6 +288,7 @@ class EngineProcess:
                 self._gone = f"the engine process ended (exit code {self._exitcode()})"
             orphans = list(self._requests.values())
             self._requests.clear()
+            self._state["failed"] += len(orphans)
         end = Finished("error", self._gone)
         for request in orphans:
             request.finish = end
