@@ -3,6 +3,7 @@ a thread, field for field; a stop with requests in flight; a child that dies or 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -10,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -190,3 +192,25 @@ def test_the_engine_ends_when_the_server_is_killed(served, tmp_path):
         server.kill()
         server.wait()
     assert _gone(engine, 30), "the engine process outlived its server"
+
+
+def test_a_checkpoint_is_served_and_its_temporary_export_removed(
+    served, layout_checkpoint, monkeypatch, tmp_path
+):
+    """--checkpoint: exported to a temporary HF folder that lasts until the engine's process
+    has loaded it; the reply equals the one from the same weights served by folder."""
+    _, checkpoints = layout_checkpoint("tp1_sft")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the export goes
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["--checkpoint", str(checkpoints), "--model-name", "chatbaker-tiny"])
+    app = cli.build_app(args)
+    assert list(tmp_path.iterdir()) == [], "the temporary export outlived the engine's start"
+    body = {"prompt": "대한민국의 수도는", "max_tokens": 12, "temperature": 0}
+    with running(app) as base_url:
+        response = httpx2.post(
+            f"{base_url}/v1/completions", json={"model": "chatbaker-tiny", **body}
+        )
+    assert response.status_code == 200, response.text
+    text = response.json()["choices"][0]["text"]
+    assert text == _answer(served.base_url, "completions", body)["choices"][0]["text"]
