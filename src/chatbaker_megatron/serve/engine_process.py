@@ -146,7 +146,6 @@ class EngineProcess:
     """The `Engine`'s interface, run by an engine in a child process (see the module doc)."""
 
     def __init__(self, settings: EngineSettings) -> None:
-        self.settings = settings
         self.max_batch = settings.max_batch
         self.max_queue = settings.max_queue
         # spawn: a fresh interpreter (no fork of this process's threads, CUDA safe).
